@@ -1,0 +1,1 @@
+"""Data loading: datasets, samplers, augmentations and the synthetic phantom generator."""

@@ -1,0 +1,129 @@
+"""h5 datasets in the SSL4MIS layout (SPEC §1): training slices and evaluation volumes.
+
+Every file is checked when it is read (datasets present, 2-D/3-D shapes agree, finite image, labels in
+[0, num_classes)); a bad file raises DataError naming it. Training slices are read once, resized to the
+patch and cached in memory (resizing comes first in SPEC §4, so the cache holds exactly what augmentation
+starts from).
+"""
+import os
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dataloaders.augmentation import make_views, resize_pair
+
+
+class DataError(ValueError):
+    """A data file or list that cannot be used; the message names it and says how to fix it."""
+
+
+def read_list(root, name):
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: list file not found; is --root_path the prepared dataset folder "
+                        f"(it needs train_slices.list, val.list, data/)?")
+    with open(path) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: the list is empty")
+    return ids
+
+
+def read_case(path, num_classes, ndim):
+    """-> image float32, label uint8, spacing or None; raises DataError on anything unusable."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("image", "label") if k not in f]
+            if missing:
+                raise DataError(f"{path}: no dataset {missing[0]!r} in the h5 file (it needs 'image' and 'label')")
+            image, label = f["image"][()], f["label"][()]
+            spacing = f.attrs.get("spacing", None)
+    except DataError:
+        raise
+    except (OSError, KeyError, RuntimeError) as e:  # h5py reports truncation/corruption as OSError
+        raise DataError(f"{path}: unreadable h5 file ({str(e).splitlines()[0]}); re-create or remove it")
+    if image.ndim != ndim or image.shape != label.shape:
+        raise DataError(f"{path}: image {image.shape} and label {label.shape} must both be {ndim}-D and equal")
+    if not np.issubdtype(image.dtype, np.number) or not np.issubdtype(label.dtype, np.integer):
+        raise DataError(f"{path}: image must be numeric and label integer, got {image.dtype} and {label.dtype}")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise DataError(f"{path}: image has NaN or infinite values; re-prepare this case")
+    if label.size and (label.min() < 0 or label.max() >= num_classes):
+        raise DataError(f"{path}: label values span [{label.min()}, {label.max()}] but --num_classes is "
+                        f"{num_classes}; remap the labels or set --num_classes")
+    return image, label.astype(np.uint8), (None if spacing is None else tuple(float(s) for s in spacing))
+
+
+class SliceDataset(Dataset):
+    """Training slices of `train_slices.list`; item = (index, aug_seed) -> dict of tensors.
+
+    image (1,H,W) weak view, image_strong (1,H,W) (when strong=True), label (H,W) long, index ().
+    With skip_bad=True unreadable slices are dropped (counted in `skipped`) instead of stopping the run.
+    """
+
+    def __init__(self, root, num_classes, patch_size, strong=True, skip_bad=False, ids=None, log=print):
+        self.root, self.num_classes, self.patch_size, self.strong = root, num_classes, tuple(patch_size), strong
+        self.ids = ids if ids is not None else read_list(root, "train_slices.list")
+        self.paths = [os.path.join(root, "data", "slices", f"{s}.h5") for s in self.ids]
+        absent = [p for p in self.paths if not os.path.isfile(p)]
+        if absent:
+            raise DataError(f"{absent[0]}: listed in train_slices.list but missing ({len(absent)} missing in all); "
+                            f"fix the list or the data folder")
+        self.images, self.labels, self.skipped = [], [], []
+        for i, p in enumerate(self.paths):
+            try:
+                image, label, _ = read_case(p, num_classes, 2)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                log(f"skipping bad sample: {e}")
+                self.skipped.append(i)
+                image, label = None, None
+            else:
+                image, label = resize_pair(image, label, self.patch_size)
+            self.images.append(image)
+            self.labels.append(label)
+
+    def valid_indices(self, indices):
+        bad = set(self.skipped)
+        return [i for i in indices if i not in bad]
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, item):
+        idx, seed = item
+        rng = np.random.default_rng(list(seed))
+        weak, strong, label = make_views(self.images[idx], self.labels[idx], rng, self.patch_size, self.strong)
+        out = {"image": torch.from_numpy(weak)[None], "label": torch.from_numpy(label.astype(np.int64)),
+               "index": torch.tensor(idx)}
+        if strong is not None:
+            out["image_strong"] = torch.from_numpy(strong)[None]
+        return out
+
+
+class VolumeDataset:
+    """Evaluation volumes of `<split>.list` (val, test, or valtest = both): (name, image, label, spacing)."""
+
+    def __init__(self, root, split, num_classes):
+        names = []
+        for s in (["val", "test"] if split == "valtest" else [split]):
+            names += read_list(root, f"{s}.list")
+        self.root, self.num_classes, self.names = root, num_classes, names
+        self.paths = [os.path.join(root, "data", f"{n}.h5") for n in names]
+        absent = [p for p in self.paths if not os.path.isfile(p)]
+        if absent:
+            raise DataError(f"{absent[0]}: listed in {split}.list but missing; fix the list or the data folder")
+        self._cache = {}
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if i not in self._cache:
+            self._cache[i] = read_case(self.paths[i], self.num_classes, 3)
+        image, label, spacing = self._cache[i]
+        return self.names[i], image, label, spacing

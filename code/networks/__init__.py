@@ -1,0 +1,1 @@
+"""Pure torch modules: tensors in, tensors out, device chosen by the caller."""

@@ -1,0 +1,92 @@
+"""Building blocks shared by every U-Net-shaped network of the project (SPEC §2).
+
+ConvBlock = conv3x3-BN-LeakyReLU-[+emb]-[Dropout]-conv3x3-BN-LeakyReLU. When an embedding dimension is
+given, Linear(emb_dim, C_out)(SiLU(emb)) is added after the first activation (the calibration-guidance and
+timestep conditioning of DiffRect). UpBlock = 1x1 conv to the skip's width, bilinear up-sampling to the skip's
+size (align_corners=True; equals x2 for even sizes), concat [skip, up], ConvBlock.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_ch, out_ch, dropout=0.0, emb_dim=None):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch)) if emb_dim else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01))
+
+    def forward(self, x, emb=None):
+        # x: (B, C_in, H, W), emb: (B, emb_dim) or None -> (B, C_out, H, W)
+        h = self.conv1(x)
+        if self.emb is not None:
+            h = h + self.emb(emb)[:, :, None, None]
+        return self.conv2(self.dropout(h))
+
+
+class DownBlock(nn.Module):
+    """2x max-pool, then a ConvBlock. ceil_mode keeps odd and 1-pixel maps valid (same as floor for even)."""
+
+    def __init__(self, in_ch, out_ch, dropout=0.0, emb_dim=None):
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.conv = ConvBlock(in_ch, out_ch, dropout, emb_dim)
+
+    def forward(self, x, emb=None):
+        return self.conv(self.pool(x), emb)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_ch, skip_ch, out_ch, dropout=0.0, emb_dim=None):
+        super().__init__()
+        self.reduce = nn.Conv2d(in_ch, skip_ch, 1)
+        self.conv = ConvBlock(2 * skip_ch, out_ch, dropout, emb_dim)
+
+    def forward(self, x, skip, emb=None):
+        # x: (B, in_ch, h, w), skip: (B, skip_ch, H, W) -> (B, out_ch, H, W)
+        up = F.interpolate(self.reduce(x), size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        return self.conv(torch.cat([skip, up], dim=1), emb)
+
+
+class Encoder(nn.Module):
+    """Five stages (widths `widths`), 2x max-pool between stages. Returns every stage's output."""
+
+    def __init__(self, in_ch, widths=(16, 32, 64, 128, 256), dropouts=(0.05, 0.1, 0.2, 0.3, 0.5), emb_dim=None):
+        super().__init__()
+        self.stages = nn.ModuleList([ConvBlock(in_ch, widths[0], dropouts[0], emb_dim)])
+        for i in range(1, len(widths)):
+            self.stages.append(DownBlock(widths[i - 1], widths[i], dropouts[i], emb_dim))
+
+    def forward(self, x, emb=None, add=None):
+        """x: (B, in_ch, H, W) -> list of (B, widths[i], H/2^i, W/2^i).
+
+        `add` (optional list of the same shapes) is added to each stage's output before it feeds the next
+        stage; B_sem uses it to merge the image encoder's features (SPEC §2).
+        """
+        feats, h = [], x
+        for i, stage in enumerate(self.stages):
+            h = stage(h, emb)
+            if add is not None:
+                h = h + add[i]
+            feats.append(h)
+        return feats
+
+
+class Decoder(nn.Module):
+    """U-Net decoder: four UpBlocks from the bottleneck back to full resolution, then a 3x3 output conv."""
+
+    def __init__(self, num_classes, widths=(16, 32, 64, 128, 256), emb_dim=None):
+        super().__init__()
+        self.ups = nn.ModuleList(
+            [UpBlock(widths[i], widths[i - 1], widths[i - 1], 0.0, emb_dim) for i in range(len(widths) - 1, 0, -1)]
+        )
+        self.out_conv = nn.Conv2d(widths[0], num_classes, 3, padding=1)
+
+    def forward(self, feats, emb=None):
+        # feats: encoder outputs, coarsest last -> logits (B, num_classes, H, W)
+        h = feats[-1]
+        for up, skip in zip(self.ups, reversed(feats[:-1])):
+            h = up(h, skip, emb)
+        return self.out_conv(h)

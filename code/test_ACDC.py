@@ -1,0 +1,122 @@
+"""Evaluate a trained segmentation checkpoint on val and/or test volumes (SPEC §6).
+
+Prints a per-class + mean table (Dice, Jaccard, HD95, ASD), writes `{split}_per_case.csv` and
+`{split}_summary.json` next to the checkpoint, and on request NIfTI predictions and PNG overlays.
+By default it finds the checkpoint that training wrote for the same --exp / --labelnum / --model.
+"""
+import argparse
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import torch
+
+from dataloaders.dataset import VolumeDataset
+from dataloaders.datasets import load_dataset_info
+from networks.semantic_coloring import palette
+from networks.unet import net_factory
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state
+from utils.config import DEFAULT_DATA, PROJECT_ROOT, UsageError, run_main, select_device
+from utils.evaluation import evaluate
+from utils.metrics import METRIC_KEYS, format_table
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--root_path", default=DEFAULT_DATA)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--exp", default="ACDC/DiffRect")
+    p.add_argument("--labelnum", type=int, default=3)
+    p.add_argument("--model", default="unet")
+    p.add_argument("--checkpoint", default=None, help="default: model/{exp}_{labelnum}_labeled/{model}/"
+                   "{model}_best_model.pth")
+    p.add_argument("--split", default="test", choices=["val", "test", "valtest"])
+    p.add_argument("--gpu", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=16, help="slices per forward pass")
+    p.add_argument("--use_spacing", action="store_true", help="HD95/ASD in mm from the h5 'spacing' attribute")
+    p.add_argument("--save_nifti", action="store_true", help="write image/prediction/label .nii.gz per case")
+    p.add_argument("--overlays", type=int, default=0, help="write PNG overlays of this many cases")
+    return p.parse_args(argv)
+
+
+def overlay(image_slice, label_slice, colors):
+    """(H, W) image in [0,1] + (H, W) labels -> (H, W, 3) uint8 BGR with the labels blended in."""
+    rgb = np.repeat(image_slice[..., None], 3, axis=2)
+    mask = label_slice > 0
+    rgb[mask] = 0.5 * rgb[mask] + 0.5 * colors[label_slice[mask]]
+    return (np.clip(rgb, 0, 1)[..., ::-1] * 255).astype(np.uint8)
+
+
+def write_overlays(out_dir, name, image, label, pred, num_classes, n_slices=3):
+    """image | ground truth | prediction for a few slices through the heart (most labeled voxels)."""
+    os.makedirs(out_dir, exist_ok=True)
+    colors = palette(num_classes).numpy()
+    order = np.argsort(-(label > 0).reshape(len(label), -1).sum(1))[:n_slices]
+    for z in sorted(order):
+        gray = (np.repeat(image[z][..., None], 3, axis=2) * 255).astype(np.uint8)
+        panel = np.concatenate([gray, overlay(image[z], label[z], colors), overlay(image[z], pred[z], colors)], 1)
+        cv2.imwrite(os.path.join(out_dir, f"{name}_slice{z + 1}.png"), panel)
+
+
+def write_nifti(out_dir, name, image, label, pred, spacing):
+    import SimpleITK as sitk
+
+    os.makedirs(out_dir, exist_ok=True)
+    for arr, suffix in ((image.astype(np.float32), "img"), (pred.astype(np.uint8), "pred"),
+                        (label.astype(np.uint8), "gt")):
+        itk = sitk.GetImageFromArray(arr)
+        if spacing is not None:  # h5 spacing is (D, H, W); ITK wants (x, y, z)
+            itk.SetSpacing([float(s) for s in spacing[::-1]])
+        sitk.WriteImage(itk, os.path.join(out_dir, f"{name}_{suffix}.nii.gz"))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    path = args.checkpoint or os.path.join(PROJECT_ROOT, "model", f"{args.exp}_{args.labelnum}_labeled", args.model,
+                                           f"{args.model}_best_model.pth")
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "best":
+        raise CheckpointError(f"{path}: this is a training-state file; pass the {args.model}_best_model.pth beside it")
+    arch = ckpt["arch"]
+    if not os.path.isdir(args.root_path):
+        raise UsageError(f"--root_path {args.root_path}: folder not found")
+    info = load_dataset_info(args.root_path, args.dataset)
+    if arch["num_classes"] != info.num_classes:
+        raise CheckpointError(f"{path}: trained for {arch['num_classes']} classes but {args.root_path} has "
+                              f"{info.num_classes}; pass the matching --root_path or checkpoint")
+    device = select_device(args.gpu)
+    model = net_factory(arch["net"], arch["in_chns"], arch["num_classes"]).to(device)
+    load_state(model, ckpt["model"], "the segmentation network", path)
+    volumes = VolumeDataset(args.root_path, args.split, info.num_classes)
+    summary, cases = evaluate(model, volumes, ckpt["patch_size"], device, info.num_classes, info.class_names,
+                              args.batch_size, args.use_spacing, keep_predictions=args.save_nifti or args.overlays > 0)
+
+    out = os.path.dirname(os.path.abspath(path))
+    print(f"{args.split}: {len(cases)} cases, checkpoint {path} (iteration {ckpt['iteration']})")
+    print(format_table(summary))
+    with open(os.path.join(out, f"{args.split}_per_case.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "class", *METRIC_KEYS, "empty_case"])
+        for c in cases:
+            for m in c["metrics"]:
+                w.writerow([c["name"], m["class"], *(f"{m[k]:.6f}" for k in METRIC_KEYS), m["case"]])
+    with open(os.path.join(out, f"{args.split}_summary.json"), "w") as f:
+        json.dump({"checkpoint": path, "split": args.split, "iteration": ckpt["iteration"],
+                   "units": "mm" if args.use_spacing else "voxels", **summary}, f, indent=2)
+    for i, c in enumerate(cases):
+        if args.save_nifti or i < args.overlays:
+            _, image, label, spacing = volumes[i]
+            if args.save_nifti:
+                write_nifti(os.path.join(out, f"predictions_{args.split}"), c["name"], image, label,
+                            c["prediction"], spacing)
+            if i < args.overlays:
+                write_overlays(os.path.join(out, f"overlays_{args.split}"), c["name"], image, label,
+                               c["prediction"], info.num_classes)
+    print(f"wrote {args.split}_per_case.csv and {args.split}_summary.json to {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,1 @@
+"""Utilities: metrics and helpers for training and evaluation."""

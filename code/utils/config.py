@@ -1,0 +1,108 @@
+"""Command-line flags common to every training script, their checks, and device selection.
+
+Every check runs before any training starts and fails with one line naming the flag and the fix.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_DATA = os.path.join(PROJECT_ROOT, "data", "ACDC")
+
+
+class UsageError(ValueError):
+    """A bad flag or input; entry scripts print it as one line and exit with code 2."""
+
+
+def training_parser(description, **defaults):
+    """The flags every training script shares; scripts add their own group and may change defaults."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--root_path", default=DEFAULT_DATA, help="prepared dataset folder (SSL4MIS layout)")
+    g.add_argument("--dataset", default=None, help="dataset table to use when the folder has no dataset.json "
+                   "(ACDC, MSCMR_split1/2, Prostate_split1/2); default ACDC")
+    g.add_argument("--labelnum", type=int, default=3, help="labeled patients; the first N slices of the table")
+    g.add_argument("--num_classes", type=int, default=None, help="default: from the dataset description")
+    g.add_argument("--patch_size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    g.add_argument("--num_workers", type=int, default=0, help="data loader processes (0: in the main process)")
+    g.add_argument("--skip_bad_samples", action="store_true", help="drop unreadable slices instead of stopping")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--exp", default="ACDC/Experiment", help="experiment name: model/{exp}_{labelnum}_labeled/")
+    g.add_argument("--model", default="unet", help="segmentation network")
+    g.add_argument("--max_iterations", type=int, default=30000)
+    g.add_argument("--batch_size", type=int, default=24, help="slices per step (per process under torchrun)")
+    g.add_argument("--labeled_bs", type=int, default=12, help="labeled slices per step")
+    g.add_argument("--base_lr", type=float, default=0.01)
+    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--deterministic", type=int, default=1, choices=[0, 1])
+    g.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
+    g = p.add_argument_group("run control")
+    g.add_argument("--val_interval", type=int, default=200, help="validate on val every N iterations")
+    g.add_argument("--checkpoint_interval", type=int, default=None, help="save last.pth every N (default: "
+                   "--val_interval)")
+    g.add_argument("--log_interval", type=int, default=20, help="log scalars every N iterations")
+    g.add_argument("--image_interval", type=int, default=200, help="tensorboard image grid every N iterations")
+    g.add_argument("--save_images", action="store_true", help="also write each image grid as a PNG in images/")
+    g.add_argument("--resume", default="auto", help="'auto' resumes from the snapshot's last.pth when present; "
+                   "or a path to a last.pth")
+    g.add_argument("--no_resume", action="store_true", help="refuse to start when the snapshot already has a "
+                   "last.pth (instead of resuming it)")
+    g.add_argument("--max_nonfinite", type=int, default=5, help="stop after this many non-finite losses in a row")
+    g.add_argument("--snapshot_dir", default=None, help="default: model/{exp}_{labelnum}_labeled/{model}")
+    p.set_defaults(**defaults)
+    return p
+
+
+def semi_supervised_flags(parser):
+    """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (SPEC §4)."""
+    g = parser.add_argument_group("semi-supervised segmentation step")
+    g.add_argument("--conf_thresh", type=float, default=0.8, help="confidence mask threshold of pseudo labels")
+    g.add_argument("--consistency", type=float, default=0.1, help="weight of the unlabeled terms after ramp-up")
+    g.add_argument("--consistency_rampup", type=float, default=200.0, help="ramp length in units of 150 iterations")
+    return parser
+
+
+def check_args(args):
+    """Flag checks that need no data; raises UsageError."""
+    h, w = args.patch_size
+    if h <= 0 or w <= 0 or h % 16 or w % 16:
+        raise UsageError(f"--patch_size {h} {w}: both sides must be positive multiples of 16 (the U-Net pools 4x)")
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch_size {args.batch_size} must be positive")
+    if getattr(args, "semi_supervised", True) and not 0 < args.labeled_bs < args.batch_size:
+        raise UsageError(f"--labeled_bs {args.labeled_bs} must be in [1, --batch_size {args.batch_size}) so the "
+                         f"batch has labeled and unlabeled slices")
+    if args.max_iterations <= 0:
+        raise UsageError("--max_iterations must be positive")
+    if args.val_interval <= 0 or args.log_interval <= 0:
+        raise UsageError("--val_interval and --log_interval must be positive")
+    if not os.path.isdir(args.root_path):
+        raise UsageError(f"--root_path {args.root_path}: folder not found; prepare a dataset there or run "
+                         f"code/make_synthetic_data.py for a synthetic one")
+    if args.checkpoint_interval is None:
+        args.checkpoint_interval = args.val_interval
+    return args
+
+
+def select_device(gpu, log=print):
+    if gpu >= 0 and torch.cuda.is_available():
+        if gpu >= torch.cuda.device_count():
+            raise UsageError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return torch.device("cuda", gpu)
+    if gpu >= 0:
+        log("notice: CUDA is not available; running on the CPU")
+    return torch.device("cpu")
+
+
+def run_main(main_fn, argv=None):
+    """Entry-script wrapper: a bad flag, file or checkpoint ends with one line on stderr and exit code 2."""
+    from dataloaders.dataset import DataError
+    from utils.checkpoint import CheckpointError
+
+    try:
+        return main_fn(argv)
+    except (UsageError, DataError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,48 @@
+"""Volume inference and scoring (SPEC §6), shared by validation during training and test_ACDC.py.
+
+Per volume: each slice resized to the training patch (linear), batched through the network, argmax,
+resized back (nearest); then Dice / Jaccard / HD95 / ASD per foreground class on the 3-D volume.
+"""
+import cv2
+import numpy as np
+import torch
+
+from utils.metrics import case_metrics, summarize
+
+
+@torch.no_grad()
+def predict_volume(model, image, patch_size, device, batch_size=16):
+    """image (D, H, W) float32 -> prediction (D, H, W) uint8 and the logits' softmax-free argmax."""
+    d, h, w = image.shape
+    ph, pw = patch_size
+    x = np.stack([cv2.resize(s, (pw, ph), interpolation=cv2.INTER_LINEAR) for s in image]) if (h, w) != (ph, pw) \
+        else image
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
+    preds = []
+    for i in range(0, d, batch_size):
+        preds.append(model(x[i:i + batch_size].to(device, non_blocking=True)).argmax(1).to(torch.uint8).cpu())
+    pred = torch.cat(preds).numpy()
+    if (h, w) != (ph, pw):
+        pred = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_NEAREST) for p in pred])
+    return pred
+
+
+def evaluate(model, volumes, patch_size, device, num_classes, class_names=None, batch_size=16,
+             use_spacing=False, keep_predictions=False):
+    """Score every volume of a VolumeDataset. Returns (summary, cases) where each case is
+    {"name", "metrics": [per-class dicts], ["prediction"]}. The model is put back in its previous mode."""
+    was_training = model.training
+    model.eval()
+    cases = []
+    try:
+        for i in range(len(volumes)):
+            name, image, label, spacing = volumes[i]
+            pred = predict_volume(model, image, patch_size, device, batch_size)
+            m = case_metrics(pred, label, num_classes, spacing if use_spacing else None, class_names)
+            case = {"name": name, "metrics": m}
+            if keep_predictions:
+                case["prediction"] = pred
+            cases.append(case)
+    finally:
+        model.train(was_training)
+    return summarize([c["metrics"] for c in cases]), cases

@@ -1,0 +1,66 @@
+"""Loss terms shared by the training scripts (SPEC §4).
+
+Shapes: logits (B, C, H, W); hard labels (B, H, W) long.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+SMOOTH = 1e-5  # the SSL4MIS Dice smoothing; also makes a class absent from both maps score 1
+
+
+def dice_loss(probs, target, num_classes=None):
+    """Mean over all C classes (background included) of 1 - (2 sum pg + s) / (sum p^2 + sum g^2 + s),
+    pooled over the batch. probs (B, C, H, W) in [0, 1]; target (B, H, W) long."""
+    c = probs.shape[1] if num_classes is None else num_classes
+    g = F.one_hot(target, c).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * g).sum(dims)
+    union = (probs * probs).sum(dims) + g.sum(dims)
+    return (1.0 - (2.0 * inter + SMOOTH) / (union + SMOOTH)).mean()
+
+
+def seg_loss(logits, target):
+    """CE + Dice, the supervised loss of every method."""
+    return F.cross_entropy(logits, target) + dice_loss(logits.softmax(1), target)
+
+
+@torch.no_grad()
+def masked_pseudo_label(logits, thresh):
+    """Confidence-masked pseudo label: class c survives where (p_c - min_k p_k) / max_k p_k > thresh;
+    y = argmax_c p_c * mask_c. Where no class survives the label is 0 (background)."""
+    p = logits.float().softmax(1)
+    pmin, pmax = p.min(1, keepdim=True).values, p.max(1, keepdim=True).values
+    mask = (p - pmin) / pmax > thresh
+    return (p * mask).argmax(1)
+
+
+def spatial_certainty(logits):
+    """a = 1 - mean_{b,c} H(p[b,c] normalised over its pixels) / log(H*W); not detached (reference)."""
+    p = logits.softmax(1).flatten(2)  # (B, C, HW)
+    q = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(q * torch.log(q.clamp_min(1e-12))).sum(-1)  # (B, C)
+    return 1.0 - entropy.mean() / math.log(p.shape[-1])
+
+
+def complementary_loss(logits_s, logits_w):
+    """comp(s, w) = CE(logits = 1 - p_s, target = argmin_c p_w), weighted by a^2 as the reference does."""
+    p_s = logits_s.softmax(1)
+    target = logits_w.detach().argmin(1)
+    return spatial_certainty(logits_s) ** 2 * F.cross_entropy(1.0 - p_s, target)
+
+
+def fixmatch_losses(logits_weak, logits_strong, label_lab, weight, conf_thresh):
+    """Segmentation step L_Semi^Seg (SPEC §4 step 1), shared by FixMatch and DiffRect.
+
+    logits_* (B, C, H, W) for the whole batch, labeled part first; label_lab (B_l, H, W).
+    Returns (total loss, dict of named terms, weak pseudo labels, strong pseudo labels) — labels (B, H, W).
+    """
+    lbs = label_lab.shape[0]
+    y_w, y_s = masked_pseudo_label(logits_weak, conf_thresh), masked_pseudo_label(logits_strong, conf_thresh)
+    sup = seg_loss(logits_weak[:lbs], label_lab)
+    cons = seg_loss(logits_strong[lbs:], y_w[lbs:])
+    comp = complementary_loss(logits_strong, logits_weak)
+    total = sup + weight * (cons + comp)
+    return total, {"seg/sup": sup, "seg/unsup": cons, "seg/comp": comp}, y_w, y_s

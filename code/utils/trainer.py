@@ -1,0 +1,260 @@
+"""The training loop every script shares: snapshot folder, logging, data, validation, checkpoints, resume.
+
+A training script builds its models and optimizers, writes one `train_step(batch, iteration)` that returns
+its named loss terms, and hands both to `TrainingRun.fit`. Everything else lives here, once:
+
+- snapshot `model/{exp}_{labelnum}_labeled/{model}/`: config.json, log.txt, tensorboard events,
+  `{model}_best_model.pth` (best val mean Dice), `last.pth` (full state), `val_curve.csv`;
+- resume: `--resume auto` continues from last.pth (models, optimizers, iteration, best metric, python/numpy/
+  torch/CUDA RNGs, named generators); the sampler is a pure function of the iteration, so the same trajectory
+  continues bit-for-bit on the CPU;
+- non-finite losses skip their step (counted); more than `--max_nonfinite` in a row stops the run after
+  saving the last good state.
+"""
+import csv
+import json
+import logging
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataloaders.dataset import SliceDataset, VolumeDataset
+from dataloaders.datasets import labeled_slice_count, load_dataset_info
+from dataloaders.sampler import TwoStreamBatchSampler
+from utils.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint, load_state, rng_state, \
+    set_rng_state
+from utils.config import PROJECT_ROOT, UsageError, check_args, select_device
+from utils.evaluation import evaluate
+from utils.ramps import poly_lr
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class TooManyNonFinite(RuntimeError):
+    pass
+
+
+class _TqdmHandler(logging.StreamHandler):
+    def emit(self, record):
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+def seed_everything(seed, deterministic):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+class TrainingRun:
+    def __init__(self, args, semi_supervised=True):
+        args.semi_supervised = semi_supervised
+        self.args = check_args(args)
+        self.info = load_dataset_info(args.root_path, args.dataset)
+        if args.num_classes is None:
+            args.num_classes = self.info.num_classes
+        self.num_classes = args.num_classes
+        self.rank, self.world_size = 0, 1
+        self.is_main = True
+        self.snapshot = args.snapshot_dir or os.path.join(
+            PROJECT_ROOT, "model", f"{args.exp}_{args.labelnum}_labeled", args.model)
+        self.last_path = os.path.join(self.snapshot, "last.pth")
+        self.best_path = os.path.join(self.snapshot, f"{args.model}_best_model.pth")
+        self.resume_from = self._resume_source()
+        os.makedirs(self.snapshot, exist_ok=True)
+        self.logger = self._make_logger()
+        self.device = select_device(args.gpu, self.logger.info)
+        seed_everything(args.seed, args.deterministic)
+        # the data is read and checked here, before any training starts
+        self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size,
+                                      strong=semi_supervised, skip_bad=args.skip_bad_samples, log=self.logger.warning)
+        n_lab = labeled_slice_count(self.info, args.labelnum, len(self.train_set))
+        self.labeled_idx = self.train_set.valid_indices(range(n_lab))
+        self.unlabeled_idx = self.train_set.valid_indices(range(n_lab, len(self.train_set)))
+        self.val_set = VolumeDataset(args.root_path, "val", self.num_classes)
+        self.writer = None
+        if self.is_main:
+            with open(os.path.join(self.snapshot, "config.json"), "w") as f:
+                json.dump(vars(args), f, indent=2, sort_keys=True)
+            self.logger.info("config: " + json.dumps(vars(args), sort_keys=True))
+            self.logger.info(f"{len(self.labeled_idx)} labeled / {len(self.unlabeled_idx)} unlabeled slices, "
+                             f"{len(self.val_set)} val volumes, device {self.device}, snapshot {self.snapshot}")
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _resume_source(self):
+        a = self.args
+        if a.resume not in ("auto", "", None):
+            if not os.path.isfile(a.resume):
+                raise UsageError(f"--resume {a.resume}: file not found")
+            return a.resume
+        if os.path.isfile(self.last_path):
+            if a.no_resume:
+                raise UsageError(f"{self.last_path} exists and --no_resume was given; remove the snapshot folder or "
+                                 f"choose another --exp")
+            return self.last_path
+        return None
+
+    def _make_logger(self):
+        logger = logging.getLogger(f"run:{self.snapshot}")
+        logger.handlers.clear()
+        logger.propagate = False
+        logger.setLevel(logging.INFO if self.is_main else logging.WARNING)
+        fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+        for h in (logging.FileHandler(os.path.join(self.snapshot, "log.txt")), _TqdmHandler()):
+            h.setFormatter(fmt)
+            logger.addHandler(h)
+        return logger
+
+    def loader(self, start, labeled_only=False):
+        a = self.args
+        labeled_bs = a.batch_size if labeled_only else a.labeled_bs
+        sampler = TwoStreamBatchSampler(self.labeled_idx, [] if labeled_only else self.unlabeled_idx,
+                                        a.batch_size, labeled_bs, a.seed, start, a.max_iterations,
+                                        self.rank, self.world_size)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=a.num_workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=a.num_workers > 0)
+
+    # ------------------------------------------------------------------------------------------ step helpers
+    def backward_step(self, optimizer, loss, what):
+        """zero_grad / backward / step, refusing a non-finite loss (the step is skipped, weights untouched)."""
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLoss(f"{what} is {loss.item()}")
+        loss.backward()
+        optimizer.step()
+
+    def should_log_images(self, iteration):
+        return self.is_main and (iteration + 1) % self.args.image_interval == 0
+
+    def log_images(self, tag, panels, iteration):
+        """panels: list of (3, H, W) float tensors in [0, 1] (one sample), shown side by side."""
+        grid = torch.cat([p.detach().float().cpu().expand(3, -1, -1) for p in panels], dim=2).clamp(0, 1)
+        self.writer.add_image(tag, grid.numpy(), iteration + 1)
+        if self.args.save_images:
+            import cv2
+
+            os.makedirs(os.path.join(self.snapshot, "images"), exist_ok=True)
+            png = (grid.permute(1, 2, 0).numpy()[..., ::-1] * 255).astype(np.uint8)
+            cv2.imwrite(os.path.join(self.snapshot, "images", f"{tag.replace('/', '_')}_{iteration + 1}.png"), png)
+        return grid
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def fit(self, train_step, models, optimizers, eval_model, poly=("optimizer",), generators=None,
+            labeled_only=False):
+        """Run iterations [start, max_iterations). models / optimizers / generators: dicts by name; the
+        optimizers named in `poly` follow the poly LR schedule, the others keep their LR."""
+        from tensorboardX import SummaryWriter
+
+        a, log = self.args, self.logger
+        generators = generators or {}
+        start, best, curve, nonfinite_total = 0, {"dice": -1.0, "iteration": 0}, [], 0
+        if self.resume_from:
+            ckpt = load_checkpoint(self.resume_from)
+            if ckpt.get("kind") != "last":
+                raise CheckpointError(f"{self.resume_from}: a best-model file cannot be resumed; pass a last.pth")
+            for name, m in models.items():
+                if name not in ckpt["models"]:
+                    raise CheckpointError(f"{self.resume_from}: has no model {name!r}; it was written by another script")
+                load_state(m, ckpt["models"][name], f"model {name!r}", self.resume_from)
+            for name, o in optimizers.items():
+                o.load_state_dict(ckpt["optimizers"][name])
+            for name, g in generators.items():
+                g.set_state(ckpt["generators"][name])
+            set_rng_state(ckpt["rng"])
+            start, best, curve = ckpt["iteration"], ckpt["best"], ckpt["curve"]
+            nonfinite_total = ckpt.get("nonfinite_total", 0)
+            log.info(f"resumed from {self.resume_from} at iteration {start} (best val Dice {best['dice']:.4f})")
+        if start >= a.max_iterations:
+            log.info(f"nothing to do: already at iteration {start} of {a.max_iterations}")
+            return best
+        self.writer = SummaryWriter(os.path.join(self.snapshot, "log"), purge_step=start + 1) if self.is_main else None
+
+        def state(iteration):
+            return {"format": FORMAT, "kind": "last", "iteration": iteration, "best": best, "curve": curve,
+                    "models": {n: m.state_dict() for n, m in models.items()},
+                    "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                    "generators": {n: g.get_state() for n, g in generators.items()},
+                    "rng": rng_state(), "nonfinite_total": nonfinite_total, "config": vars(a)}
+
+        for m in models.values():
+            m.train()
+        in_a_row, t_steps, n_steps = 0, 0.0, 0
+        bar = tqdm(range(start, a.max_iterations), initial=start, total=a.max_iterations, ncols=90, mininterval=2.0,
+                   disable=not self.is_main, file=sys.stderr)
+        batches = iter(self.loader(start, labeled_only))
+        for it in bar:
+            t0 = time.perf_counter()
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            try:
+                terms = train_step(batch, it)
+                in_a_row = 0
+            except NonFiniteLoss as e:
+                in_a_row += 1
+                nonfinite_total += 1
+                log.warning(f"iteration {it}: non-finite loss ({e}); step skipped ({in_a_row} in a row)")
+                if in_a_row > a.max_nonfinite:
+                    atomic_save(state(it), self.last_path)
+                    raise TooManyNonFinite(f"{in_a_row} non-finite losses in a row at iteration {it}; the last good "
+                                           f"state is in {self.last_path}. Lower --base_lr or check the data.")
+                terms = {}
+            for name in poly:
+                for g in optimizers[name].param_groups:
+                    g["lr"] = poly_lr(a.base_lr, it, a.max_iterations)
+            t_steps += time.perf_counter() - t0
+            n_steps += 1
+            if self.is_main and (it + 1) % a.log_interval == 0 and terms:
+                values = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
+                for k, v in values.items():
+                    self.writer.add_scalar(k, v, it + 1)
+                self.writer.add_scalar("info/lr", optimizers[poly[0]].param_groups[0]["lr"], it + 1)
+                self.writer.add_scalar("info/sec_per_iter", t_steps / n_steps, it + 1)
+                log.info(f"iteration {it + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+                         + f", {t_steps / n_steps:.3f} s/it")
+                t_steps, n_steps = 0.0, 0
+            if (it + 1) % a.val_interval == 0 or it + 1 == a.max_iterations:
+                summary, _ = evaluate(eval_model, self.val_set, a.patch_size, self.device, self.num_classes,
+                                      self.info.class_names)
+                row = {"iteration": it + 1, **{k: summary["mean"][k]["mean"] for k in ("dice", "jaccard", "hd95", "asd")}}
+                curve.append(row)
+                for k in ("dice", "jaccard", "hd95", "asd"):
+                    self.writer.add_scalar(f"val/mean_{k}", row[k], it + 1)
+                for c in summary["classes"]:
+                    self.writer.add_scalar(f"val/{c}_dice", summary["per_class"][c]["dice"]["mean"], it + 1)
+                if row["dice"] > best["dice"]:
+                    best = {"dice": row["dice"], "iteration": it + 1, "summary": summary}
+                    atomic_save(self._best_state(eval_model, models, it + 1, summary), self.best_path)
+                log.info(f"validation at {it + 1}: mean Dice {row['dice']:.4f}, Jaccard {row['jaccard']:.4f}, "
+                         f"HD95 {row['hd95']:.2f}, ASD {row['asd']:.2f} (best {best['dice']:.4f} at {best['iteration']})")
+                self._write_curve(curve)
+            if (it + 1) % a.checkpoint_interval == 0 or it + 1 == a.max_iterations:
+                atomic_save(state(it + 1), self.last_path)
+        self.writer.close()
+        log.info(f"done: best val mean Dice {best['dice']:.4f} at iteration {best['iteration']}; "
+                 f"{nonfinite_total} non-finite steps skipped; checkpoint {self.best_path}")
+        return best
+
+    def _best_state(self, eval_model, models, iteration, summary):
+        a = self.args
+        return {"format": FORMAT, "kind": "best", "iteration": iteration, "metrics": summary,
+                "arch": {"net": a.model, "in_chns": 1, "num_classes": self.num_classes},
+                "patch_size": list(a.patch_size), "class_names": self.info.class_names,
+                "model": eval_model.state_dict(),
+                "extra_models": {n: m.state_dict() for n, m in models.items() if m is not eval_model},
+                "config": vars(a)}
+
+    def _write_curve(self, curve):
+        path = os.path.join(self.snapshot, "val_curve.csv")
+        with open(path + ".tmp", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(curve[0]))
+            w.writeheader()
+            w.writerows(curve)
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,203 @@
+"""Sampler composition/reproducibility, augmentation invariants, dataset reading and its errors."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from dataloaders.augmentation import make_views, random_geometry, resize_pair, strong_photometric
+from dataloaders.dataset import DataError, SliceDataset, VolumeDataset, read_case
+from dataloaders.datasets import DATASETS, labeled_slice_count, load_dataset_info
+from dataloaders.sampler import TwoStreamBatchSampler
+
+ACDC = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ACDC")
+
+
+# ----------------------------------------------------------------------------------------------- sampler
+def test_sampler_composition_and_epochs():
+    s = TwoStreamBatchSampler(range(10), range(10, 40), batch_size=5, labeled_bs=2, seed=3, total=25)
+    batches = list(s)
+    assert len(batches) == 25 == len(s)
+    for b in batches:
+        idx = [i for i, _ in b]
+        assert all(i < 10 for i in idx[:2]) and all(i >= 10 for i in idx[2:]) and len(idx) == 5
+    # labeled indices: each epoch (5 steps of 2) is a permutation of all 10
+    for e in range(5):
+        lab = [i for b in batches[5 * e:5 * e + 5] for i, _ in b[:2]]
+        assert sorted(lab) == list(range(10))
+    # unlabeled: every 30 consecutive draws (one pass) cover all 30 indices
+    unl = [i for b in batches for i, _ in b[2:]]
+    for p in range(len(unl) // 30):
+        assert sorted(unl[30 * p:30 * p + 30]) == list(range(10, 40))
+    # augmentation seeds are unique per (iteration, slot)
+    seeds = [sd for b in batches for _, sd in b]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_sampler_reproducible_and_resumable():
+    a = list(TwoStreamBatchSampler(range(8), range(8, 30), 6, 3, seed=1, total=20))
+    b = list(TwoStreamBatchSampler(range(8), range(8, 30), 6, 3, seed=1, total=20))
+    c = list(TwoStreamBatchSampler(range(8), range(8, 30), 6, 3, seed=2, total=20))
+    tail = list(TwoStreamBatchSampler(range(8), range(8, 30), 6, 3, seed=1, start=13, total=20))
+    assert a == b and a != c and a[13:] == tail
+
+
+def test_sampler_ranks_share_the_global_batch():
+    one = TwoStreamBatchSampler(range(12), range(12, 50), 8, 4, seed=0, world_size=1)
+    r0 = TwoStreamBatchSampler(range(12), range(12, 50), 4, 2, seed=0, rank=0, world_size=2)
+    r1 = TwoStreamBatchSampler(range(12), range(12, 50), 4, 2, seed=0, rank=1, world_size=2)
+    for k in range(7):
+        i0, i1 = [i for i, _ in r0.batch(k)], [i for i, _ in r1.batch(k)]
+        assert all(i < 12 for i in i0[:2] + i1[:2]) and all(i >= 12 for i in i0[2:] + i1[2:])
+        assert not set(i0) & set(i1)
+        assert sorted(i0 + i1) == sorted(i for i, _ in one.batch(k))
+
+
+def test_sampler_rejects_too_few_labeled():
+    with pytest.raises(ValueError, match="labeled"):
+        TwoStreamBatchSampler(range(2), range(2, 9), 6, 3)
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+def _phantom(h=40, w=56):
+    yy, xx = np.mgrid[:h, :w]
+    label = ((yy - 15) ** 2 + (xx - 30) ** 2 < 64).astype(np.uint8) * 3
+    label[5:9, 5:20] = 1
+    image = (0.2 + 0.5 * (label > 0) + 0.01 * xx).astype(np.float32)
+    return image / image.max(), label
+
+
+def test_resize_linear_image_nearest_label():
+    image, label = _phantom()
+    im, lb = resize_pair(image, label, (32, 32))
+    assert im.shape == lb.shape == (32, 32) and im.dtype == np.float32 and lb.dtype == np.uint8
+    assert set(np.unique(lb)) <= {0, 1, 3}  # nearest: no invented classes
+
+
+def test_geometry_moves_image_and_label_together():
+    image, label = _phantom(48, 48)
+    # encode the label into the image exactly so any mismatch shows up
+    coded = (label.astype(np.float32) + 1.0)
+    for s in range(20):
+        im, lb = random_geometry(coded, label, np.random.default_rng(s))
+        inside = im > 0.5  # zero fill outside the rotated frame
+        assert np.abs(np.rint(im[inside]) - 1 - lb[inside]).mean() < 0.05
+        assert lb[~inside].max(initial=0) == 0
+
+
+def test_strong_differs_from_weak_only_photometrically():
+    image, label = _phantom(64, 64)
+    for s in range(10):
+        rng_a, rng_b = np.random.default_rng([7, s]), np.random.default_rng([7, s])
+        weak, strong, lb = make_views(image, label, rng_a, (64, 64), strong=True)
+        weak_only, none, lb2 = make_views(image, label, rng_b, (64, 64), strong=False)
+        assert none is None and np.array_equal(weak, weak_only) and np.array_equal(lb, lb2)
+        assert strong.shape == weak.shape and strong.dtype == np.float32
+        assert strong.min() >= 0 and strong.max() <= 1
+        # photometric only: the strong view stays strongly correlated with the weak view, pixel for pixel
+        assert np.corrcoef(weak.ravel(), strong.ravel())[0, 1] > 0.9
+
+
+def test_strong_photometric_changes_something_and_is_seeded():
+    image, _ = _phantom(64, 64)
+    outs = [strong_photometric(image, np.random.default_rng(s)) for s in range(16)]
+    assert any(not np.allclose(o, image) for o in outs)
+    assert np.array_equal(strong_photometric(image, np.random.default_rng(3)), outs[3])
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def _write(path, image, label):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with h5py.File(path, "w") as f:
+        if image is not None:
+            f["image"] = image
+        if label is not None:
+            f["label"] = label
+
+
+def _tiny_root(tmp_path, n=6):
+    root = tmp_path / "ds"
+    ids = [f"case{i}_slice_1" for i in range(n)]
+    for i, s in enumerate(ids):
+        img, lab = _phantom(40 + 2 * i, 56)
+        _write(str(root / "data" / "slices" / f"{s}.h5"), img, lab)
+    (root / "train_slices.list").write_text("\n".join(ids) + "\n")
+    vol = np.stack([_phantom()[0]] * 3), np.stack([_phantom()[1]] * 3)
+    _write(str(root / "data" / "vol1.h5"), *vol)
+    (root / "val.list").write_text("vol1\n")
+    return root
+
+
+def test_slice_dataset_items(tmp_path):
+    ds = SliceDataset(str(_tiny_root(tmp_path)), 4, (32, 48))
+    item = ds[(2, (0, 0, 0))]
+    assert item["image"].shape == item["image_strong"].shape == (1, 32, 48)
+    assert item["label"].shape == (32, 48) and str(item["label"].dtype) == "torch.int64"
+    vols = VolumeDataset(str(tmp_path / "ds"), "val", 4)
+    name, image, label, spacing = vols[0]
+    assert name == "vol1" and image.shape == (3, 40, 56) and spacing is None
+
+
+@pytest.mark.parametrize("image,label,match", [
+    (None, np.zeros((4, 4), np.uint8), "no dataset 'image'"),
+    (np.zeros((4, 4), np.float32), None, "no dataset 'label'"),
+    (np.full((4, 4), np.nan, np.float32), np.zeros((4, 4), np.uint8), "NaN"),
+    (np.zeros((4, 4), np.float32), np.full((4, 4), 7, np.uint8), r"label values span \[7, 7\]"),
+    (np.zeros((4, 4), np.float32), np.zeros((4, 5), np.uint8), "must both be 2-D and equal"),
+    (np.zeros((4, 4), np.float32), np.zeros((4, 4), np.float32), "label integer"),
+])
+def test_read_case_errors_name_the_file(tmp_path, image, label, match):
+    p = str(tmp_path / "bad.h5")
+    _write(p, image, label)
+    with pytest.raises(DataError, match=match) as e:
+        read_case(p, 4, 2)
+    assert "bad.h5" in str(e.value)
+
+
+def test_truncated_h5_is_reported(tmp_path):
+    p = tmp_path / "trunc.h5"
+    _write(str(p), np.zeros((64, 64), np.float32), np.zeros((64, 64), np.uint8))
+    p.write_bytes(p.read_bytes()[:500])
+    with pytest.raises(DataError, match="trunc.h5: unreadable h5"):
+        read_case(str(p), 4, 2)
+
+
+def test_missing_files_and_lists(tmp_path):
+    root = _tiny_root(tmp_path)
+    os.remove(root / "data" / "slices" / "case3_slice_1.h5")
+    with pytest.raises(DataError, match="case3_slice_1.h5: listed in train_slices.list but missing"):
+        SliceDataset(str(root), 4, (32, 32))
+    (root / "val.list").write_text("\n")
+    with pytest.raises(DataError, match="val.list: the list is empty"):
+        VolumeDataset(str(root), "val", 4)
+    with pytest.raises(DataError, match="test.list: list file not found"):
+        VolumeDataset(str(root), "test", 4)
+
+
+def test_skip_bad_samples(tmp_path):
+    root = _tiny_root(tmp_path)
+    _write(str(root / "data" / "slices" / "case1_slice_1.h5"), np.zeros((4, 4), np.float32), None)
+    with pytest.raises(DataError):
+        SliceDataset(str(root), 4, (32, 32))
+    ds = SliceDataset(str(root), 4, (32, 32), skip_bad=True, log=lambda m: None)
+    assert ds.skipped == [1] and ds.valid_indices(range(6)) == [0, 2, 3, 4, 5]
+
+
+def test_labelnum_table():
+    assert labeled_slice_count(DATASETS["ACDC"], 3, 1312) == 68
+    assert labeled_slice_count(DATASETS["ACDC"], 7, 1312) == 136
+    with pytest.raises(DataError, match="--labelnum 5 is not in the ACDC table"):
+        labeled_slice_count(DATASETS["ACDC"], 5, 1312)
+    with pytest.raises(DataError, match="needs 68 labeled slices but train_slices.list has only 20"):
+        labeled_slice_count(DATASETS["ACDC"], 3, 20)
+    assert load_dataset_info("/nonexistent", "Prostate_split1").num_classes == 3
+    with pytest.raises(DataError, match="--dataset 'Foo' is unknown"):
+        load_dataset_info("/nonexistent", "Foo")
+
+
+@pytest.mark.skipif(not os.path.isdir(ACDC), reason="real ACDC not present")
+def test_reads_real_acdc_files():
+    ds = SliceDataset(ACDC, 4, (128, 128), ids=["patient099_frame01_slice_1", "patient099_frame01_slice_11"])
+    assert ds.images[0].shape == (128, 128) and 0 <= ds.images[0].min() and ds.images[0].max() <= 1
+    name, image, label, _ = VolumeDataset(ACDC, "val", 4)[0]
+    assert image.ndim == 3 and image.shape == label.shape and set(np.unique(label)) <= {0, 1, 2, 3}
