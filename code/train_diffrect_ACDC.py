@@ -20,6 +20,9 @@ from utils.ramps import consistency_weight
 from utils.trainer import TrainingRun
 
 
+SEMI_SUPERVISED = True
+
+
 def parse_args(argv):
     p = semi_supervised_flags(training_parser(__doc__, exp="ACDC/DiffRect", batch_size=6, labeled_bs=3))
     g = p.add_argument_group("rectifier (LCC + LFR)")
@@ -44,9 +47,8 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    run = TrainingRun(args)
+def build(args, run):
+    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     C, lbs, thresh = run.num_classes, args.labeled_bs, args.conf_thresh
     model = net_factory(args.model, in_chns=1, class_num=C).to(run.device)
     rectifier = Rectifier(C, "onehot" if args.no_scs else "color", args.ts, args.base_chn_rf, args.cond_input,
@@ -110,9 +112,15 @@ def main(argv=None):
                            it)
         return terms
 
-    return run.fit(train_step, {"model": model, "rectifier": rectifier},
-                   {"optimizer": optimizer, "optimizer_rf": optimizer_rf}, eval_model=model,
-                   generators={"noise": noise})
+    return dict(train_step=train_step, models={"model": model, "rectifier": rectifier},
+                optimizers={"optimizer": optimizer, "optimizer_rf": optimizer_rf}, eval_model=model,
+                generators={"noise": noise})
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = TrainingRun(args, SEMI_SUPERVISED)
+    return run.fit(**build(args, run))
 
 
 if __name__ == "__main__":

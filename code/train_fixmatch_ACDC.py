@@ -11,9 +11,15 @@ from utils.ramps import consistency_weight
 from utils.trainer import TrainingRun
 
 
-def main(argv=None):
-    args = semi_supervised_flags(training_parser(__doc__, exp="ACDC/FixMatch")).parse_args(argv)
-    run = TrainingRun(args)
+SEMI_SUPERVISED = True
+
+
+def parse_args(argv):
+    return semi_supervised_flags(training_parser(__doc__, exp="ACDC/FixMatch")).parse_args(argv)
+
+
+def build(args, run):
+    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     model = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
 
@@ -24,7 +30,13 @@ def main(argv=None):
         run.backward_step(optimizer, loss, "L_seg")
         return {**terms, "info/consistency_weight": w}
 
-    return run.fit(train_step, {"model": model}, {"optimizer": optimizer}, eval_model=model)
+    return dict(train_step=train_step, models={"model": model}, optimizers={"optimizer": optimizer}, eval_model=model)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = TrainingRun(args, SEMI_SUPERVISED)
+    return run.fit(**build(args, run))
 
 
 if __name__ == "__main__":

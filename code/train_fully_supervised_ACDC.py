@@ -11,9 +11,15 @@ from utils.losses import seg_loss
 from utils.trainer import TrainingRun
 
 
-def main(argv=None):
-    args = training_parser(__doc__, exp="ACDC/Fully_Supervised").parse_args(argv)
-    run = TrainingRun(args, semi_supervised=False)
+SEMI_SUPERVISED = False
+
+
+def parse_args(argv):
+    return training_parser(__doc__, exp="ACDC/Fully_Supervised").parse_args(argv)
+
+
+def build(args, run):
+    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     model = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
 
@@ -28,7 +34,13 @@ def main(argv=None):
                                                    colorize(logits[:1].argmax(1), c)[0]], it)
         return {"loss/seg": loss}
 
-    return run.fit(train_step, {"model": model}, {"optimizer": optimizer}, eval_model=model, labeled_only=True)
+    return dict(train_step=train_step, models={"model": model}, optimizers={"optimizer": optimizer}, eval_model=model)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = TrainingRun(args, SEMI_SUPERVISED)
+    return run.fit(**build(args, run))
 
 
 if __name__ == "__main__":

@@ -1,1 +1,26 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "code"))
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "code"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """The default synthetic dataset (16 train / 4 val / 4 test patients), generated once per session."""
+    from dataloaders.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "ACDC"
+    generate_dataset(str(root), seed=0)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A small synthetic dataset (4 train / 2 val / 2 test patients, 64 px) for fast flag and fault tests."""
+    from dataloaders.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "ACDC"
+    generate_dataset(str(root), seed=1, n_train=4, n_val=2, n_test=2, size=(64, 64), depth_range=(4, 6))
+    return str(root)

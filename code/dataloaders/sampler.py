@@ -11,6 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from dataloaders.dataset import DataError
+
 
 class TwoStreamBatchSampler:
     def __init__(self, labeled, unlabeled, batch_size, labeled_bs, seed=1337, start=0, total=None,
@@ -21,10 +23,10 @@ class TwoStreamBatchSampler:
         self.rank, self.world = rank, world_size
         n_lab = labeled_bs * world_size
         if len(self.labeled) < n_lab:
-            raise ValueError(f"{len(self.labeled)} labeled slices cannot fill {n_lab} labeled places per step; "
+            raise DataError(f"{len(self.labeled)} labeled slices cannot fill {n_lab} labeled places per step; "
                              f"lower --labeled_bs or raise --labelnum")
         if self.unlabeled_bs > 0 and len(self.unlabeled) == 0:
-            raise ValueError("no unlabeled slices left for the unlabeled part of the batch; lower --labelnum "
+            raise DataError("no unlabeled slices left for the unlabeled part of the batch; lower --labelnum "
                              "or set --labeled_bs equal to --batch_size")
         self.steps_per_epoch = len(self.labeled) // n_lab
         self._perm = lru_cache(maxsize=4)(self._permutation)

@@ -49,6 +49,8 @@ def training_parser(description, **defaults):
                    "or a path to a last.pth")
     g.add_argument("--no_resume", action="store_true", help="refuse to start when the snapshot already has a "
                    "last.pth (instead of resuming it)")
+    g.add_argument("--max_run_iterations", type=int, default=None, help="stop this invocation after N iterations "
+                   "(saving last.pth), e.g. to fit a job time limit; running again resumes")
     g.add_argument("--max_nonfinite", type=int, default=5, help="stop after this many non-finite losses in a row")
     g.add_argument("--snapshot_dir", default=None, help="default: model/{exp}_{labelnum}_labeled/{model}")
     p.set_defaults(**defaults)
@@ -100,9 +102,13 @@ def run_main(main_fn, argv=None):
     """Entry-script wrapper: a bad flag, file or checkpoint ends with one line on stderr and exit code 2."""
     from dataloaders.dataset import DataError
     from utils.checkpoint import CheckpointError
+    from utils.trainer import TooManyNonFinite
 
     try:
         return main_fn(argv)
     except (UsageError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TooManyNonFinite as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)

@@ -70,17 +70,26 @@ class TrainingRun:
         self.last_path = os.path.join(self.snapshot, "last.pth")
         self.best_path = os.path.join(self.snapshot, f"{args.model}_best_model.pth")
         self.resume_from = self._resume_source()
-        os.makedirs(self.snapshot, exist_ok=True)
-        self.logger = self._make_logger()
-        self.device = select_device(args.gpu, self.logger.info)
-        seed_everything(args.seed, args.deterministic)
-        # the data is read and checked here, before any training starts
+        # the data is read and checked before anything is written, so bad input leaves no trace
+        notes = []
         self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size,
-                                      strong=semi_supervised, skip_bad=args.skip_bad_samples, log=self.logger.warning)
+                                      strong=semi_supervised, skip_bad=args.skip_bad_samples, log=notes.append)
         n_lab = labeled_slice_count(self.info, args.labelnum, len(self.train_set))
         self.labeled_idx = self.train_set.valid_indices(range(n_lab))
         self.unlabeled_idx = self.train_set.valid_indices(range(n_lab, len(self.train_set)))
+        self.semi_supervised = semi_supervised
+        self._sampler(0)  # checks that the labeled/unlabeled sets can fill a batch
         self.val_set = VolumeDataset(args.root_path, "val", self.num_classes)
+        for i in range(len(self.val_set)):
+            self.val_set[i]  # reads and checks every val volume now, not at the first validation
+        self.device = select_device(args.gpu, notes.append)
+        os.makedirs(self.snapshot, exist_ok=True)
+        self.logger = self._make_logger()
+        for note in notes:
+            self.logger.warning(note)
+        if self.train_set.skipped:
+            self.logger.warning(f"{len(self.train_set.skipped)} bad slices skipped (--skip_bad_samples)")
+        seed_everything(args.seed, args.deterministic)
         self.writer = None
         if self.is_main:
             with open(os.path.join(self.snapshot, "config.json"), "w") as f:
@@ -114,13 +123,18 @@ class TrainingRun:
             logger.addHandler(h)
         return logger
 
-    def loader(self, start, labeled_only=False):
+    def _sampler(self, start):
+        """Semi-supervised: labeled_bs labeled + the rest unlabeled; supervised: batch_size labeled slices."""
+        a, semi = self.args, self.semi_supervised
+        return TwoStreamBatchSampler(self.labeled_idx, self.unlabeled_idx if semi else [], a.batch_size,
+                                     a.labeled_bs if semi else a.batch_size, a.seed, start, a.max_iterations,
+                                     self.rank, self.world_size)
+
+    def loader(self, start):
         a = self.args
-        labeled_bs = a.batch_size if labeled_only else a.labeled_bs
-        sampler = TwoStreamBatchSampler(self.labeled_idx, [] if labeled_only else self.unlabeled_idx,
-                                        a.batch_size, labeled_bs, a.seed, start, a.max_iterations,
-                                        self.rank, self.world_size)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=a.num_workers,
+        # own generator: creating the loader must not draw from the global RNG (resume would shift dropout)
+        return DataLoader(self.train_set, batch_sampler=self._sampler(start), num_workers=a.num_workers,
+                          generator=torch.Generator().manual_seed(a.seed + start),
                           pin_memory=self.device.type == "cuda", persistent_workers=a.num_workers > 0)
 
     # ------------------------------------------------------------------------------------------ step helpers
@@ -148,8 +162,7 @@ class TrainingRun:
         return grid
 
     # ------------------------------------------------------------------------------------------- the loop
-    def fit(self, train_step, models, optimizers, eval_model, poly=("optimizer",), generators=None,
-            labeled_only=False):
+    def fit(self, train_step, models, optimizers, eval_model, poly=("optimizer",), generators=None):
         """Run iterations [start, max_iterations). models / optimizers / generators: dicts by name; the
         optimizers named in `poly` follow the poly LR schedule, the others keep their LR."""
         from tensorboardX import SummaryWriter
@@ -188,9 +201,10 @@ class TrainingRun:
         for m in models.values():
             m.train()
         in_a_row, t_steps, n_steps = 0, 0.0, 0
-        bar = tqdm(range(start, a.max_iterations), initial=start, total=a.max_iterations, ncols=90, mininterval=2.0,
+        stop = a.max_iterations if a.max_run_iterations is None else min(a.max_iterations, start + a.max_run_iterations)
+        bar = tqdm(range(start, stop), initial=start, total=a.max_iterations, ncols=90, mininterval=2.0,
                    disable=not self.is_main, file=sys.stderr)
-        batches = iter(self.loader(start, labeled_only))
+        batches = iter(self.loader(start))
         for it in bar:
             t0 = time.perf_counter()
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
@@ -235,9 +249,12 @@ class TrainingRun:
                 log.info(f"validation at {it + 1}: mean Dice {row['dice']:.4f}, Jaccard {row['jaccard']:.4f}, "
                          f"HD95 {row['hd95']:.2f}, ASD {row['asd']:.2f} (best {best['dice']:.4f} at {best['iteration']})")
                 self._write_curve(curve)
-            if (it + 1) % a.checkpoint_interval == 0 or it + 1 == a.max_iterations:
+            if (it + 1) % a.checkpoint_interval == 0 or it + 1 in (a.max_iterations, stop):
                 atomic_save(state(it + 1), self.last_path)
         self.writer.close()
+        if stop < a.max_iterations:
+            log.info(f"stopped at iteration {stop} (--max_run_iterations); run again to resume from {self.last_path}")
+            return best
         log.info(f"done: best val mean Dice {best['dice']:.4f} at iteration {best['iteration']}; "
                  f"{nonfinite_total} non-finite steps skipped; checkpoint {self.best_path}")
         return best

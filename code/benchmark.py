@@ -1,0 +1,151 @@
+"""Speed and memory of one training iteration per method, on the current device, in one run.
+
+For supervised, FixMatch and DiffRect (before and after --refine_start) at the given batch and patch size:
+median seconds per iteration after warm-up, with data loading excluded (the step on a ready batch) and
+included (loader + step); peak memory (RSS on CPU, max allocated on CUDA); the step's FLOPs counted with
+torch.utils.flop_counter and the achieved GFLOP/s beside a fp32 matmul peak measured in the same run (their
+ratio is the efficiency). Each method runs in its own process so peak memory is its own. Prints a table and
+writes JSON.
+
+  python benchmark.py --batch_size 8 --labeled_bs 4 --patch_size 128 128 --iters 5
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+METHODS = {"supervised": "train_fully_supervised_ACDC", "fixmatch": "train_fixmatch_ACDC",
+           "diffrect_before": "train_diffrect_ACDC", "diffrect_after": "train_diffrect_ACDC"}
+
+
+def matmul_peak(device, n=2048, reps=10):
+    """Best fp32 GFLOP/s of an n x n matmul: the machine's practical peak for this precision."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def cpu_features():
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((l for l in f if l.startswith("flags")), "")
+    return {k: k in flags.split() for k in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+
+
+def bench_one(method, a):
+    """Runs in a child process: build the script's models and step on a synthetic dataset, time it."""
+    import importlib
+
+    from dataloaders.synthetic import generate_dataset
+    from utils.trainer import TrainingRun
+
+    script = importlib.import_module(METHODS[method])
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    root = os.path.join(tmp, "data")
+    generate_dataset(root, seed=0, n_train=8, n_val=1, n_test=1, size=tuple(a.patch_size))
+    argv = ["--root_path", root, "--snapshot_dir", os.path.join(tmp, "snap"), "--labelnum", "3",
+            "--batch_size", str(a.batch_size), "--labeled_bs", str(a.labeled_bs), "--patch_size",
+            *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000"]
+    if method.startswith("diffrect"):
+        argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
+    args = script.parse_args(argv)
+    run = TrainingRun(args, script.SEMI_SUPERVISED)
+    parts = script.build(args, run)
+    step, dev = parts["train_step"], run.device
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    loader = iter(run.loader(0))
+
+    def next_batch():
+        return {k: v.to(dev, non_blocking=True) for k, v in next(loader).items()}
+
+    batch = next_batch()
+    for it in range(1, a.warmup + 1):
+        step(batch, it)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    excl, incl = [], []
+    for it in range(a.warmup + 1, a.warmup + 1 + a.iters):
+        t0 = time.perf_counter()
+        b = next_batch()
+        t1 = time.perf_counter()
+        step(b, it)
+        sync()
+        t2 = time.perf_counter()
+        excl.append(t2 - t1)
+        incl.append(t2 - t0)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        step(batch, a.warmup + a.iters + 1)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    gflop = fc.get_total_flops() / 1e9
+    peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"method": method, "device": str(dev), "sec_per_iter": med(excl), "sec_per_iter_with_data": med(incl),
+            "gflop_per_iter": gflop, "gflops": gflop / med(excl), "peak_mem_mb": peak_mem}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--labeled_bs", type=int, default=4)
+    p.add_argument("--patch_size", type=int, nargs=2, default=[128, 128])
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--gpu", type=int, default=0)
+    p.add_argument("--out", default="benchmark.json")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(bench_one(a.child, a)))
+        return None
+    device = torch.device("cuda", a.gpu) if a.gpu >= 0 and torch.cuda.is_available() else torch.device("cpu")
+    peak = matmul_peak(device)
+    rows = []
+    for m in a.methods:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", m, *sum([[f"--{k}", str(v)] for k, v in
+               [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters),
+                ("warmup", a.warmup), ("gpu", a.gpu)]], []), "--patch_size", *map(str, a.patch_size)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+        if out.returncode:
+            raise SystemExit(f"benchmark of {m} failed:\n{out.stderr[-2000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["efficiency"] = r["gflops"] / peak
+        rows.append(r)
+    result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "cpu_features": cpu_features(), "matmul_peak_gflops": peak, "batch_size": a.batch_size,
+              "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows}
+    fix = next((r for r in rows if r["method"] == "fixmatch"), None)
+    print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s, "
+          f"batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
+    print(f"{'method':<17}{'s/it':>8}{'s/it+data':>11}{'GFLOP/it':>10}{'GFLOP/s':>9}{'eff.':>7}{'peak MB':>9}"
+          f"{'x FixMatch':>11}")
+    for r in rows:
+        ratio = f"{r['sec_per_iter'] / fix['sec_per_iter']:.2f}" if fix else "-"
+        print(f"{r['method']:<17}{r['sec_per_iter']:>8.3f}{r['sec_per_iter_with_data']:>11.3f}"
+              f"{r['gflop_per_iter']:>10.1f}{r['gflops']:>9.1f}{r['efficiency']:>7.0%}{r['peak_mem_mb']:>9.0f}"
+              f"{ratio:>11}")
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

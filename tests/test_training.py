@@ -1,0 +1,97 @@
+"""Training scripts end to end on synthetic data: learning, outputs, ablations, checkpoints for test_ACDC."""
+import json
+import math
+import os
+import re
+
+import pytest
+
+import test_ACDC
+import train_diffrect_ACDC
+import train_fixmatch_ACDC
+import train_fully_supervised_ACDC
+
+SMALL = ["--patch_size", "32", "32", "--batch_size", "4", "--labeled_bs", "2", "--labelnum", "3",
+         "--log_interval", "1", "--gpu", "-1"]
+
+
+def logged_terms(snapshot):
+    """Every loss value logged in log.txt, by name."""
+    terms = {}
+    with open(os.path.join(snapshot, "log.txt")) as f:
+        for line in f:
+            m = re.search(r"iteration \d+: (.*), [\d.]+ s/it", line)
+            if m:
+                for part in m.group(1).split(", "):
+                    k, v = part.rsplit(" ", 1)
+                    terms.setdefault(k, []).append(float(v))
+    return terms
+
+
+def test_supervised_learns_and_test_acdc_reads_it(synthetic_root, tmp_path):
+    snap = str(tmp_path / "sup")
+    train_fully_supervised_ACDC.main(["--root_path", synthetic_root, "--snapshot_dir", snap, "--patch_size", "64", "64",
+                                      "--batch_size", "8", "--max_iterations", "300", "--val_interval", "100",
+                                      "--log_interval", "50", "--gpu", "-1", "--image_interval", "300",
+                                      "--save_images"])
+    for f in ("config.json", "log.txt", "val_curve.csv", "unet_best_model.pth", "last.pth"):
+        assert os.path.isfile(os.path.join(snap, f)), f
+    assert os.listdir(os.path.join(snap, "log")) and os.listdir(os.path.join(snap, "images"))
+    summary = test_ACDC.main(["--root_path", synthetic_root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
+                              "--split", "test", "--gpu", "-1", "--overlays", "2", "--save_nifti"])
+    assert summary["mean"]["dice"]["mean"] > 0.8, summary["mean"]
+    assert summary["num_cases"] == 8 and set(summary["classes"]) == {"RV", "Myo", "LV"}
+    with open(os.path.join(snap, "test_summary.json")) as f:
+        assert json.load(f)["mean"]["dice"]["mean"] == summary["mean"]["dice"]["mean"]
+    with open(os.path.join(snap, "test_per_case.csv")) as f:
+        assert len(f.read().strip().splitlines()) == 1 + 8 * 3
+    assert len(os.listdir(os.path.join(snap, "overlays_test"))) == 6  # 2 cases x 3 slices
+    assert len(os.listdir(os.path.join(snap, "predictions_test"))) == 8 * 3
+
+
+@pytest.mark.parametrize("flags", [[], ["--no_scs"], ["--cg", "none"], ["--cg", "jaccard"], ["--cg", "both"],
+                                   ["--cg", "fixed"], ["--cg", "random"], ["--no_w2g"], ["--no_s2w"], ["--no_lfr"],
+                                   ["--cond_input", "input", "--clip_latent", "0", "--sampler", "ddpm"]])
+def test_diffrect_flags_give_finite_losses(tiny_root, tmp_path, flags):
+    snap = str(tmp_path / "dr")
+    train_diffrect_ACDC.main(["--root_path", tiny_root, "--snapshot_dir", snap, *SMALL, "--max_iterations", "3",
+                              "--refine_start", "0", "--val_interval", "3", "--consistency_rampup", "0", *flags])
+    terms = logged_terms(snap)
+    assert terms and all(math.isfinite(v) for vs in terms.values() for v in vs)
+    assert "rect/seg" in terms and "seg/unsup" in terms
+    assert ("w2g/latent" in terms) != ("--no_w2g" in flags)
+    assert ("s2w/latent" in terms) != ("--no_s2w" in flags)
+    if "--no_lfr" in flags:
+        assert terms["w2g/latent"] == [0.0] * 3
+    if flags[:2] == ["--cg", "none"]:
+        assert "tau/labeled" not in terms
+    if flags[:2] == ["--cg", "fixed"]:
+        assert terms["tau/labeled"] == [0.5] * 3 and terms["tau/unlabeled"] == [0.5] * 3
+    assert os.path.isfile(os.path.join(snap, "unet_best_model.pth"))
+
+
+def test_fixmatch_runs_and_test_acdc_reads_it(tiny_root, tmp_path):
+    snap = str(tmp_path / "fm")
+    train_fixmatch_ACDC.main(["--root_path", tiny_root, "--snapshot_dir", snap, *SMALL, "--max_iterations", "4",
+                              "--val_interval", "2"])
+    terms = logged_terms(snap)
+    assert set(terms) >= {"seg/sup", "seg/unsup", "seg/comp"} and "w2g/latent" not in terms
+    summary = test_ACDC.main(["--root_path", tiny_root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
+                              "--split", "val", "--gpu", "-1"])
+    assert summary["num_cases"] == 4
+
+
+def test_diffrect_at_least_matches_supervised_with_the_same_budget(synthetic_root, tmp_path):
+    """Same seed, iterations and labeled slices per step (4): DiffRect adds 4 unlabeled slices per step."""
+    budget = ["--root_path", synthetic_root, "--patch_size", "64", "64", "--labelnum", "3", "--max_iterations",
+              "300", "--val_interval", "100", "--log_interval", "50", "--gpu", "-1", "--seed", "1337"]
+    sup, dr = str(tmp_path / "sup"), str(tmp_path / "dr")
+    train_fully_supervised_ACDC.main(budget + ["--snapshot_dir", sup, "--batch_size", "4"])
+    train_diffrect_ACDC.main(budget + ["--snapshot_dir", dr, "--batch_size", "8", "--labeled_bs", "4",
+                                       "--refine_start", "150", "--consistency_rampup", "2"])
+    scores = {}
+    for name, snap in (("supervised", sup), ("diffrect", dr)):
+        s = test_ACDC.main(["--root_path", synthetic_root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
+                            "--split", "test", "--gpu", "-1"])
+        scores[name] = s["mean"]["dice"]["mean"]
+    assert scores["diffrect"] >= scores["supervised"], scores
