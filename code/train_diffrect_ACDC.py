@@ -17,7 +17,7 @@ from utils.calibration import GUIDANCES, calibration_guidance, overlap_scores
 from utils.config import UsageError, run_main, semi_supervised_flags, training_parser
 from utils.losses import complementary_loss, fixmatch_losses, masked_pseudo_label, seg_loss
 from utils.ramps import consistency_weight
-from utils.trainer import TrainingRun
+from utils.trainer import training_main
 
 
 SEMI_SUPERVISED = True
@@ -117,10 +117,7 @@ def build(args, run):
                 generators={"noise": noise})
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    run = TrainingRun(args, SEMI_SUPERVISED)
-    return run.fit(**build(args, run))
+main = training_main(parse_args, build, SEMI_SUPERVISED)  # flags -> TrainingRun -> build -> fit
 
 
 if __name__ == "__main__":

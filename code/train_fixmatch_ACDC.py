@@ -8,7 +8,7 @@ from networks.unet import net_factory
 from utils.config import run_main, semi_supervised_flags, training_parser
 from utils.losses import fixmatch_losses
 from utils.ramps import consistency_weight
-from utils.trainer import TrainingRun
+from utils.trainer import training_main
 
 
 SEMI_SUPERVISED = True
@@ -33,10 +33,7 @@ def build(args, run):
     return dict(train_step=train_step, models={"model": model}, optimizers={"optimizer": optimizer}, eval_model=model)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    run = TrainingRun(args, SEMI_SUPERVISED)
-    return run.fit(**build(args, run))
+main = training_main(parse_args, build, SEMI_SUPERVISED)  # flags -> TrainingRun -> build -> fit
 
 
 if __name__ == "__main__":

@@ -275,3 +275,13 @@ class TrainingRun:
             w.writeheader()
             w.writerows(curve)
         os.replace(path + ".tmp", path)
+
+
+def training_main(parse_args, build, semi_supervised=True):
+    """The `main(argv)` of a training script: parse its flags, set up the run, build its models, train."""
+    def main(argv=None):
+        args = parse_args(argv)
+        run = TrainingRun(args, semi_supervised)
+        return run.fit(**build(args, run))
+
+    return main
