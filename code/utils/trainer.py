@@ -114,7 +114,9 @@ class TrainingRun:
 
     def _make_logger(self):
         logger = logging.getLogger(f"run:{self.snapshot}")
-        logger.handlers.clear()
+        for h in list(logger.handlers):  # a second run in the same process (tests, notebooks)
+            h.close()
+            logger.removeHandler(h)
         logger.propagate = False
         logger.setLevel(logging.INFO if self.is_main else logging.WARNING)
         fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
@@ -235,20 +237,7 @@ class TrainingRun:
                          + f", {t_steps / n_steps:.3f} s/it")
                 t_steps, n_steps = 0.0, 0
             if (it + 1) % a.val_interval == 0 or it + 1 == a.max_iterations:
-                summary, _ = evaluate(eval_model, self.val_set, a.patch_size, self.device, self.num_classes,
-                                      self.info.class_names)
-                row = {"iteration": it + 1, **{k: summary["mean"][k]["mean"] for k in ("dice", "jaccard", "hd95", "asd")}}
-                curve.append(row)
-                for k in ("dice", "jaccard", "hd95", "asd"):
-                    self.writer.add_scalar(f"val/mean_{k}", row[k], it + 1)
-                for c in summary["classes"]:
-                    self.writer.add_scalar(f"val/{c}_dice", summary["per_class"][c]["dice"]["mean"], it + 1)
-                if row["dice"] > best["dice"]:
-                    best = {"dice": row["dice"], "iteration": it + 1, "summary": summary}
-                    atomic_save(self._best_state(eval_model, models, it + 1, summary), self.best_path)
-                log.info(f"validation at {it + 1}: mean Dice {row['dice']:.4f}, Jaccard {row['jaccard']:.4f}, "
-                         f"HD95 {row['hd95']:.2f}, ASD {row['asd']:.2f} (best {best['dice']:.4f} at {best['iteration']})")
-                self._write_curve(curve)
+                best = self._validate(it + 1, eval_model, models, curve, best)
             if (it + 1) % a.checkpoint_interval == 0 or it + 1 in (a.max_iterations, stop):
                 atomic_save(state(it + 1), self.last_path)
         self.writer.close()
@@ -257,6 +246,26 @@ class TrainingRun:
             return best
         log.info(f"done: best val mean Dice {best['dice']:.4f} at iteration {best['iteration']}; "
                  f"{nonfinite_total} non-finite steps skipped; checkpoint {self.best_path}")
+        return best
+
+    def _validate(self, iteration, eval_model, models, curve, best):
+        """Score val, log it, extend the curve; save the best checkpoint on a new best mean Dice."""
+        a = self.args
+        summary, _ = evaluate(eval_model, self.val_set, a.patch_size, self.device, self.num_classes,
+                              self.info.class_names)
+        row = {"iteration": iteration, **{k: summary["mean"][k]["mean"] for k in ("dice", "jaccard", "hd95", "asd")}}
+        curve.append(row)
+        for k in ("dice", "jaccard", "hd95", "asd"):
+            self.writer.add_scalar(f"val/mean_{k}", row[k], iteration)
+        for c in summary["classes"]:
+            self.writer.add_scalar(f"val/{c}_dice", summary["per_class"][c]["dice"]["mean"], iteration)
+        if row["dice"] > best["dice"]:
+            best = {"dice": row["dice"], "iteration": iteration, "summary": summary}
+            atomic_save(self._best_state(eval_model, models, iteration, summary), self.best_path)
+        self.logger.info(f"validation at {iteration}: mean Dice {row['dice']:.4f}, Jaccard {row['jaccard']:.4f}, "
+                         f"HD95 {row['hd95']:.2f}, ASD {row['asd']:.2f} (best {best['dice']:.4f} at "
+                         f"{best['iteration']})")
+        self._write_curve(curve)
         return best
 
     def _best_state(self, eval_model, models, iteration, summary):
