@@ -11,7 +11,6 @@ import os
 
 import cv2
 import numpy as np
-import torch
 
 from dataloaders.dataset import VolumeDataset
 from dataloaders.datasets import load_dataset_info

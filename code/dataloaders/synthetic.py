@@ -18,15 +18,13 @@ Everything is a pure function of the seed: the same seed gives byte-identical ar
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 from scipy import ndimage
+
+from dataloaders.layout import atomic_folder, write_h5, write_list
 
 __all__ = [
     "CLASS_NAMES",
@@ -244,18 +242,6 @@ def make_volume(rng: np.random.Generator, depth: int, height: int, width: int,
 
 
 # ---------------------------------------------------------------------------------------------------
-def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    # one chunk per slice; v110 object headers (readable by HDF5 >= 1.10) keep tiny files ~0.5 kB smaller
-    chunks = image.shape if image.ndim == 2 else (1,) + image.shape[1:]
-    with h5py.File(path, "w", libver="v110") as f:
-        for name, arr in (("image", image), ("label", label)):
-            f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
-
-
-def _write_list(path: Path, items) -> None:
-    path.write_text("".join(f"{x}\n" for x in items))
-
-
 def _patient_rng(seed: int, index: int) -> np.random.Generator:
     # each patient depends only on (seed, index): adding patients never changes earlier ones
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
@@ -291,28 +277,9 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 16, n_val: int = 4, 
     H0, W0 = int(size[0]), int(size[1])
     if min(H0, W0) < 48:
         raise ValueError(f"size too small: {size} (need >= 48)")
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ValueError(f"{out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()) and not overwrite:
-            raise ValueError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, overwrite) as tmp:
         summary = _build(tmp, seed, n_train, n_val, n_test, (H0, W0), (dmin, dmax), size_jitter, frames,
                          write_train_volumes)
-        # move into place: the old folder (if any) is renamed away first, then removed
-        trash = None
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, trash / "old")
-        os.replace(tmp, out_dir)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["out_dir"] = str(out_dir)
     summary["seconds"] = time.perf_counter() - t0
     return summary
@@ -349,20 +316,20 @@ def _build(root: Path, seed, n_train, n_val, n_test, size, depth_range, size_jit
             shapes[vid] = [depth, H, W]
             splits[split].append(vid)
             if split != "train" or write_train_volumes:
-                _write_h5(data / f"{vid}.h5", img, lab)
+                write_h5(data / f"{vid}.h5", img, lab)
             if split == "train":
                 for k in range(depth):
                     sid = f"{vid}_slice_{k + 1}"
-                    _write_h5(slices_dir / f"{sid}.h5", img[k], lab[k])
+                    write_h5(slices_dir / f"{sid}.h5", img[k], lab[k])
                     train_slices.append(sid)
                     n_sl += 1
         if split == "train":
             train_patient_slices.append(n_sl)
 
-    _write_list(root / "train_slices.list", train_slices)
-    _write_list(root / "train.list", splits["train"])
-    _write_list(root / "val.list", splits["val"])
-    _write_list(root / "test.list", splits["test"])
+    write_list(root / "train_slices.list", train_slices)
+    write_list(root / "train.list", splits["train"])
+    write_list(root / "val.list", splits["val"])
+    write_list(root / "test.list", splits["test"])
     cum = np.cumsum(train_patient_slices)
     keys = sorted({k for k in LABELNUMS if k <= n_train} | {n_train})
     p2s = {str(k): int(cum[k - 1]) for k in keys}

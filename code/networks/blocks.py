@@ -3,7 +3,8 @@
 ConvBlock = conv3x3-BN-LeakyReLU-[+emb]-[Dropout]-conv3x3-BN-LeakyReLU. When an embedding dimension is
 given, Linear(emb_dim, C_out)(SiLU(emb)) is added after the first activation (the calibration-guidance and
 timestep conditioning of DiffRect). UpBlock = 1x1 conv to the skip's width, bilinear up-sampling to the skip's
-size (align_corners=True; equals x2 for even sizes), concat [skip, up], ConvBlock.
+size (align_corners=True; equals x2 for even sizes), concat [skip, up], ConvBlock. MC-Net+ alone also uses
+UpBlocks whose up-sampling is a transposed conv or nearest-neighbour (`up_mode`).
 """
 import torch
 import torch.nn as nn
@@ -38,15 +39,28 @@ class DownBlock(nn.Module):
         return self.conv(self.pool(x), emb)
 
 
+UP_MODES = ("bilinear", "nearest", "transposed")
+
+
 class UpBlock(nn.Module):
-    def __init__(self, in_ch, skip_ch, out_ch, dropout=0.0, emb_dim=None):
+    def __init__(self, in_ch, skip_ch, out_ch, dropout=0.0, emb_dim=None, up_mode="bilinear"):
         super().__init__()
-        self.reduce = nn.Conv2d(in_ch, skip_ch, 1)
+        if up_mode not in UP_MODES:
+            raise ValueError(f"up_mode {up_mode!r}: choose one of {UP_MODES}")
+        self.up_mode = up_mode
+        if up_mode == "transposed":
+            self.reduce = nn.ConvTranspose2d(in_ch, skip_ch, 2, stride=2)
+        else:
+            self.reduce = nn.Conv2d(in_ch, skip_ch, 1)
         self.conv = ConvBlock(2 * skip_ch, out_ch, dropout, emb_dim)
 
     def forward(self, x, skip, emb=None):
         # x: (B, in_ch, h, w), skip: (B, skip_ch, H, W) -> (B, out_ch, H, W)
-        up = F.interpolate(self.reduce(x), size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        up = self.reduce(x)
+        if self.up_mode == "bilinear":
+            up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        elif up.shape[-2:] != skip.shape[-2:]:  # nearest; or a transposed conv from an odd (ceil-pooled) size
+            up = F.interpolate(up, size=skip.shape[-2:], mode="nearest")
         return self.conv(torch.cat([skip, up], dim=1), emb)
 
 
@@ -77,16 +91,19 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """U-Net decoder: four UpBlocks from the bottleneck back to full resolution, then a 3x3 output conv."""
 
-    def __init__(self, num_classes, widths=(16, 32, 64, 128, 256), emb_dim=None):
+    def __init__(self, num_classes, widths=(16, 32, 64, 128, 256), emb_dim=None, up_mode="bilinear"):
         super().__init__()
-        self.ups = nn.ModuleList(
-            [UpBlock(widths[i], widths[i - 1], widths[i - 1], 0.0, emb_dim) for i in range(len(widths) - 1, 0, -1)]
-        )
+        self.ups = nn.ModuleList([UpBlock(widths[i], widths[i - 1], widths[i - 1], 0.0, emb_dim, up_mode)
+                                  for i in range(len(widths) - 1, 0, -1)])
         self.out_conv = nn.Conv2d(widths[0], num_classes, 3, padding=1)
 
-    def forward(self, feats, emb=None):
-        # feats: encoder outputs, coarsest last -> logits (B, num_classes, H, W)
+    def hidden(self, feats, emb=None):
+        # feats: encoder outputs, coarsest last -> last features before the output conv (B, widths[0], H, W)
         h = feats[-1]
         for up, skip in zip(self.ups, reversed(feats[:-1])):
             h = up(h, skip, emb)
-        return self.out_conv(h)
+        return h
+
+    def forward(self, feats, emb=None):
+        # feats: encoder outputs, coarsest last -> logits (B, num_classes, H, W)
+        return self.out_conv(self.hidden(feats, emb))

@@ -2,6 +2,7 @@
 import torch.nn as nn
 
 from networks.blocks import Decoder, Encoder
+from networks.mcnet import MCNet
 
 
 class UNet(nn.Module):
@@ -15,8 +16,25 @@ class UNet(nn.Module):
         # x: (B, in_chns, H, W), H and W divisible by 16 -> logits (B, class_num, H, W)
         return self.decoder(self.encoder(x))
 
+    def forward_with_features(self, x):
+        # -> logits (B, class_num, H, W) and the decoder's last features (B, 16, H, W)
+        h = self.decoder.hidden(self.encoder(x))
+        return self.decoder.out_conv(h), h
 
-NETWORKS = {"unet": UNet}
+
+def init_weights(model, scheme):
+    """Re-initialise every conv weight with 'kaiming' or 'xavier' normal (CPS starts its two nets apart)."""
+    init = {"kaiming": nn.init.kaiming_normal_, "xavier": nn.init.xavier_normal_}[scheme]
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            init(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+NETWORKS = {"unet": UNet, "mcnet": MCNet}
 
 
 def net_factory(net_type="unet", in_chns=1, class_num=4):

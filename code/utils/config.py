@@ -57,12 +57,19 @@ def training_parser(description, **defaults):
     return p
 
 
-def semi_supervised_flags(parser):
-    """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (SPEC §4)."""
-    g = parser.add_argument_group("semi-supervised segmentation step")
-    g.add_argument("--conf_thresh", type=float, default=0.8, help="confidence mask threshold of pseudo labels")
+def consistency_flags(parser, title):
+    """The unlabeled-loss weight w(t) = consistency * sigmoid_rampup(iter // 150, consistency_rampup) of every
+    semi-supervised script (SSL4MIS defaults). Returns the group so a script can add its own flags to it."""
+    g = parser.add_argument_group(title)
     g.add_argument("--consistency", type=float, default=0.1, help="weight of the unlabeled terms after ramp-up")
     g.add_argument("--consistency_rampup", type=float, default=200.0, help="ramp length in units of 150 iterations")
+    return g
+
+
+def semi_supervised_flags(parser):
+    """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (SPEC §4)."""
+    g = consistency_flags(parser, "semi-supervised segmentation step")
+    g.add_argument("--conf_thresh", type=float, default=0.8, help="confidence mask threshold of pseudo labels")
     return parser
 
 
@@ -76,6 +83,10 @@ def check_args(args):
     if getattr(args, "semi_supervised", True) and not 0 < args.labeled_bs < args.batch_size:
         raise UsageError(f"--labeled_bs {args.labeled_bs} must be in [1, --batch_size {args.batch_size}) so the "
                          f"batch has labeled and unlabeled slices")
+    from networks.unet import NETWORKS
+
+    if args.model not in NETWORKS:
+        raise UsageError(f"--model {args.model!r} is unknown; choose one of {sorted(NETWORKS)}")
     if args.max_iterations <= 0:
         raise UsageError("--max_iterations must be positive")
     if args.val_interval <= 0 or args.log_interval <= 0:

@@ -56,7 +56,8 @@ def seed_everything(seed, deterministic):
 
 
 class TrainingRun:
-    def __init__(self, args, semi_supervised=True):
+    def __init__(self, args, semi_supervised=True, strong_view=None):
+        """strong_view: also make the strong view `image_strong` (default: for semi-supervised scripts)."""
         args.semi_supervised = semi_supervised
         self.args = check_args(args)
         self.info = load_dataset_info(args.root_path, args.dataset)
@@ -73,7 +74,7 @@ class TrainingRun:
         # the data is read and checked before anything is written, so bad input leaves no trace
         notes = []
         self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size,
-                                      strong=semi_supervised, skip_bad=args.skip_bad_samples, log=notes.append)
+                                      strong=semi_supervised if strong_view is None else strong_view, skip_bad=args.skip_bad_samples, log=notes.append)
         n_lab = labeled_slice_count(self.info, args.labelnum, len(self.train_set))
         self.labeled_idx = self.train_set.valid_indices(range(n_lab))
         self.unlabeled_idx = self.train_set.valid_indices(range(n_lab, len(self.train_set)))
@@ -141,12 +142,16 @@ class TrainingRun:
 
     # ------------------------------------------------------------------------------------------ step helpers
     def backward_step(self, optimizer, loss, what):
-        """zero_grad / backward / step, refusing a non-finite loss (the step is skipped, weights untouched)."""
-        optimizer.zero_grad(set_to_none=True)
+        """zero_grad / backward / step of one optimizer or a tuple of them (one loss over several networks),
+        refusing a non-finite loss (the step is skipped, weights untouched)."""
+        optimizers = optimizer if isinstance(optimizer, (tuple, list)) else (optimizer,)
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLoss(f"{what} is {loss.item()}")
         loss.backward()
-        optimizer.step()
+        for o in optimizers:
+            o.step()
 
     def should_log_images(self, iteration):
         return self.is_main and (iteration + 1) % self.args.image_interval == 0
@@ -286,11 +291,11 @@ class TrainingRun:
         os.replace(path + ".tmp", path)
 
 
-def training_main(parse_args, build, semi_supervised=True):
+def training_main(parse_args, build, semi_supervised=True, strong_view=None):
     """The `main(argv)` of a training script: parse its flags, set up the run, build its models, train."""
     def main(argv=None):
         args = parse_args(argv)
-        run = TrainingRun(args, semi_supervised)
+        run = TrainingRun(args, semi_supervised, strong_view)
         return run.fit(**build(args, run))
 
     return main

@@ -1,0 +1,57 @@
+"""Writing the SSL4MIS folder layout (SPEC §1): h5 files, list files, and the folder itself, atomically.
+
+A dataset folder is built in a temporary sibling and renamed into place at the end, so a half-written folder
+is never mistaken for a finished one; an existing non-empty folder is only replaced on request.
+"""
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+
+
+def write_h5(path, image, label, spacing=None):
+    """image float32 and label uint8, (H, W) or (D, H, W); spacing (per array axis, mm) as an attribute."""
+    chunks = image.shape if image.ndim == 2 else (1,) + image.shape[1:]  # one chunk per slice
+    with h5py.File(path, "w", libver="v110") as f:
+        for name, arr in (("image", image), ("label", label)):
+            f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
+        if spacing is not None:
+            f.attrs["spacing"] = [float(s) for s in spacing]
+
+
+def write_list(path, items):
+    Path(path).write_text("".join(f"{x}\n" for x in items))
+
+
+def check_output(out_dir, overwrite):
+    """Refuse an existing non-empty folder unless overwrite; raises ValueError naming it."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"{out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()) and not overwrite:
+            raise ValueError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir, overwrite=False):
+    """Yields a temporary sibling folder to fill; on success it replaces `out_dir`, on any error it is removed."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    check_output(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        trash = None
+        if out_dir.exists():  # the old folder is renamed away first, then removed
+            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, trash / "old")
+        os.replace(tmp, out_dir)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

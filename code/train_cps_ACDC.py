@@ -1,0 +1,58 @@
+"""Cross pseudo supervision: two differently initialised U-Nets, each trained on the other's hard pseudo labels.
+Paper: Chen et al., Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision (CVPR 2021).
+Specific flags: --consistency --consistency_rampup.
+"""
+import torch
+import torch.nn.functional as F
+
+from networks.unet import init_weights, net_factory
+from utils.config import consistency_flags, run_main, training_parser
+from utils.losses import seg_loss
+from utils.ramps import consistency_weight
+from utils.trainer import training_main
+
+
+SEMI_SUPERVISED = True
+
+
+def parse_args(argv):
+    p = training_parser(__doc__, exp="ACDC/Cross_Pseudo_Supervision")
+    consistency_flags(p, "CPS")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def cross_targets(logits_a, logits_b):
+    """Network A learns from B's argmax and B from A's: (B,C,H,W) x2 -> (target_a, target_b), (B,H,W) long."""
+    return logits_b.argmax(1), logits_a.argmax(1)
+
+
+def build(args, run):
+    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    def make(scheme):
+        net = init_weights(net_factory(args.model, in_chns=1, class_num=run.num_classes), scheme).to(run.device)
+        return net, torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+
+    model_a, optimizer_a = make("kaiming")
+    model_b, optimizer_b = make("xavier")
+
+    def train_step(batch, it):
+        image, label, lbs = batch["image"], batch["label"], args.labeled_bs  # (B,1,H,W), (B,H,W)
+        logits_a, logits_b = model_a(image), model_b(image)
+        sup_a, sup_b = seg_loss(logits_a[:lbs], label[:lbs]), seg_loss(logits_b[:lbs], label[:lbs])
+        target_a, target_b = cross_targets(logits_a[lbs:], logits_b[lbs:])
+        cps_a, cps_b = F.cross_entropy(logits_a[lbs:], target_a), F.cross_entropy(logits_b[lbs:], target_b)
+        w = consistency_weight(it, args.consistency, args.consistency_rampup)
+        run.backward_step((optimizer_a, optimizer_b), sup_a + sup_b + w * (cps_a + cps_b), "L_cps")
+        return {"seg/sup_a": sup_a, "seg/sup_b": sup_b, "cps/a": cps_a, "cps/b": cps_b, "info/consistency_weight": w}
+
+    return dict(train_step=train_step, models={"model": model_a, "model_b": model_b},
+                optimizers={"optimizer": optimizer_a, "optimizer_b": optimizer_b}, poly=("optimizer", "optimizer_b"),
+                eval_model=model_a)
+
+
+main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)
+
+
+if __name__ == "__main__":
+    run_main(main)

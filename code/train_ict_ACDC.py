@@ -1,0 +1,67 @@
+"""ICT: the student on a mixup of two unlabeled slices must predict the same mixup of the teacher's predictions.
+Paper: Verma et al., Interpolation Consistency Training for Semi-Supervised Learning (IJCAI 2019).
+Specific flags: --ict_alpha --ema_decay --consistency --consistency_rampup.
+"""
+import torch
+import torch.nn.functional as F
+
+from networks.unet import net_factory
+from utils.config import UsageError, consistency_flags, run_main, training_parser
+from utils.losses import seg_loss
+from utils.mean_teacher import ema_update, make_teacher
+from utils.ramps import consistency_weight
+from utils.trainer import training_main
+
+
+SEMI_SUPERVISED = True
+
+
+def parse_args(argv):
+    p = training_parser(__doc__, exp="ACDC/Interpolation_Consistency_Training")
+    g = consistency_flags(p, "ICT")
+    g.add_argument("--ict_alpha", type=float, default=0.2, help="mixup coefficients ~ Beta(alpha, alpha)")
+    g.add_argument("--ema_decay", type=float, default=0.99)
+    args = p.parse_args(argv)
+    if (args.batch_size - args.labeled_bs) % 2:
+        raise UsageError(f"--batch_size {args.batch_size} - --labeled_bs {args.labeled_bs} must be even: ICT mixes "
+                         f"the unlabeled slices in pairs")
+    return args
+
+
+def mix(a, b, lam):
+    """Per-sample interpolation a (1 - lam) + b lam; a, b (N, ...), lam (N, 1, 1, 1)."""
+    return a * (1 - lam) + b * lam
+
+
+def build(args, run):
+    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    n_mix = (args.batch_size - args.labeled_bs) // 2
+    student = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    teacher = make_teacher(student)
+    optimizer = torch.optim.SGD(student.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    beta = torch.distributions.Beta(torch.tensor(args.ict_alpha), torch.tensor(args.ict_alpha))
+
+    def train_step(batch, it):
+        image, label, lbs = batch["image"], batch["label"], args.labeled_bs  # (B,1,H,W), (B,H,W)
+        u0, u1 = image[lbs:lbs + n_mix], image[lbs + n_mix:]
+        lam = beta.sample((n_mix, 1, 1, 1)).to(image.device)  # global RNG (resumable), on the CPU
+        logits = student(torch.cat([image[:lbs], mix(u0, u1, lam)]))
+        with torch.no_grad():
+            target = mix(teacher(u0).softmax(1), teacher(u1).softmax(1), lam)  # (n_mix, C, H, W)
+        consistency = F.mse_loss(logits[lbs:].softmax(1), target)
+        sup = seg_loss(logits[:lbs], label[:lbs])
+        w = consistency_weight(it, args.consistency, args.consistency_rampup)
+        run.backward_step(optimizer, sup + w * consistency, "L_ict")
+        ema_update(teacher, student, args.ema_decay, it)
+        return {"seg/sup": sup, "ict/consistency": consistency, "info/mix_mean": lam.mean(),
+                "info/consistency_weight": w}
+
+    return dict(train_step=train_step, models={"model": student, "teacher": teacher},
+                optimizers={"optimizer": optimizer}, eval_model=student)
+
+
+main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)
+
+
+if __name__ == "__main__":
+    run_main(main)
