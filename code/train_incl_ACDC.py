@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from networks.unet import net_factory
-from utils.config import UsageError, consistency_flags, run_main, training_parser
+from utils.config import consistency_flags, run_main, training_parser
 from utils.losses import seg_loss
 from utils.ramps import consistency_weight
 from utils.trainer import training_main
@@ -28,13 +28,10 @@ SEMI_SUPERVISED = True
 
 
 def parse_args(argv):
-    p = training_parser(__doc__, exp="ACDC/INCL")
+    p = training_parser(__doc__, models=["unet"], exp="ACDC/INCL")  # it reads the U-Net's decoder features
     g = consistency_flags(p, "INCL")
     g.add_argument("--proxy_dim", type=int, default=64, help="width D of the class proxies and attention")
-    args = p.parse_args(argv)
-    if args.model != "unet":
-        raise UsageError(f"--model {args.model}: INCL reads the U-Net's decoder features, use --model unet")
-    return args
+    return p.parse_args(argv)
 
 
 class SemanticProxies(nn.Module):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from networks.unet import net_factory
-from utils.config import UsageError, consistency_flags, run_main, training_parser
+from utils.config import consistency_flags, run_main, training_parser
 from utils.losses import seg_loss
 from utils.ramps import consistency_weight
 from utils.trainer import training_main
@@ -19,13 +19,10 @@ SEMI_SUPERVISED = True
 
 
 def parse_args(argv):
-    p = training_parser(__doc__, exp="ACDC/MCNetV2", model="mcnet")
+    p = training_parser(__doc__, models=["mcnet"], exp="ACDC/MCNetV2", model="mcnet")  # three decoders
     g = consistency_flags(p, "MC-Net+")
     g.add_argument("--temperature", type=float, default=0.1, help="sharpening temperature T")
-    args = p.parse_args(argv)
-    if args.model != "mcnet":
-        raise UsageError(f"--model {args.model}: MC-Net+ needs the three-decoder network, --model mcnet")
-    return args
+    return p.parse_args(argv)
 
 
 def sharpen(p, temperature):

@@ -40,9 +40,13 @@ def test_baseline_runs_and_test_acdc_reads_its_checkpoint(tiny_root, tmp_path, n
 def test_baseline_flag_checks_fail_before_anything_is_written(tiny_root, tmp_path):
     snap = tmp_path / "bad"
     for script, flags in [(train_ict_ACDC, ["--batch_size", "5"]), (train_uamt_ACDC, ["--uncertainty_T", "3"]),
-                          (train_mcnetv2_ACDC, ["--model", "unet"]), (train_uamt_ACDC, ["--model", "vnet"])]:
+                          (train_uamt_ACDC, ["--model", "vnet"])]:
         with pytest.raises(ValueError, match="--"):
             script.main(["--root_path", tiny_root, "--snapshot_dir", str(snap), *SMALL, *flags])
+    for script in (train_mcnetv2_ACDC, train_incl_ACDC):  # argparse refuses another --model (exit 2, one line)
+        with pytest.raises(SystemExit) as e:
+            script.main(["--root_path", tiny_root, "--snapshot_dir", str(snap), *SMALL, "--model", "vnet"])
+        assert e.value.code == 2
     assert not snap.exists()
 
 

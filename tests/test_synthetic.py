@@ -293,7 +293,7 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
     import dataloaders.synthetic as syn
 
     calls = {"n": 0}
-    real = syn._write_h5
+    real = syn.write_h5
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -301,7 +301,7 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         return real(*a, **k)
 
-    monkeypatch.setattr(syn, "_write_h5", flaky)
+    monkeypatch.setattr(syn, "write_h5", flaky)
     with pytest.raises(OSError):
         generate_dataset(tmp_path / "x", **SMALL)
     assert list(tmp_path.iterdir()) == []

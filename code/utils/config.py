@@ -16,8 +16,9 @@ class UsageError(ValueError):
     """A bad flag or input; entry scripts print it as one line and exit with code 2."""
 
 
-def training_parser(description, **defaults):
-    """The flags every training script shares; scripts add their own group and may change defaults."""
+def training_parser(description, models=None, **defaults):
+    """The flags every training script shares; scripts add their own group and may change defaults.
+    `models`: the --model choices a script accepts (default: any registered network)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--root_path", default=DEFAULT_DATA, help="prepared dataset folder (SSL4MIS layout)")
@@ -30,7 +31,7 @@ def training_parser(description, **defaults):
     g.add_argument("--skip_bad_samples", action="store_true", help="drop unreadable slices instead of stopping")
     g = p.add_argument_group("optimisation")
     g.add_argument("--exp", default="ACDC/Experiment", help="experiment name: model/{exp}_{labelnum}_labeled/")
-    g.add_argument("--model", default="unet", help="segmentation network")
+    g.add_argument("--model", default="unet", choices=models, help="segmentation network")
     g.add_argument("--max_iterations", type=int, default=30000)
     g.add_argument("--batch_size", type=int, default=24, help="slices per step (per process under torchrun)")
     g.add_argument("--labeled_bs", type=int, default=12, help="labeled slices per step")
