@@ -60,13 +60,13 @@ def bench_one(method, a):
     generate_dataset(root, seed=0, n_train=8, n_val=1, n_test=1, size=tuple(a.patch_size))
     argv = ["--root_path", root, "--snapshot_dir", os.path.join(tmp, "snap"), "--labelnum", "3",
             "--batch_size", str(a.batch_size), "--labeled_bs", str(a.labeled_bs), "--patch_size",
-            *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000"]
+            *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000", "--amp", a.amp]
     if method.startswith("diffrect"):
         argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
     args = script.parse_args(argv)
     run = TrainingRun(args, script.SEMI_SUPERVISED)
     parts = script.build(args, run)
-    step, dev = parts["train_step"], run.device
+    dev = run.device
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     loader = iter(run.loader(0))
 
@@ -74,6 +74,9 @@ def bench_one(method, a):
         return {k: v.to(dev, non_blocking=True) for k, v in next(loader).items()}
 
     batch = next_batch()
+    def step(b, it):
+        return run.step(parts["train_step"], b, it)
+
     for it in range(1, a.warmup + 1):
         step(batch, it)
     if dev.type == "cuda":
@@ -110,6 +113,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--gpu", type=int, default=0)
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="the training scripts' --amp")
     p.add_argument("--out", default="benchmark.json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -122,7 +126,7 @@ def main(argv=None):
     for m in a.methods:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m, *sum([[f"--{k}", str(v)] for k, v in
                [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters),
-                ("warmup", a.warmup), ("gpu", a.gpu)]], []), "--patch_size", *map(str, a.patch_size)]
+                ("warmup", a.warmup), ("gpu", a.gpu), ("amp", a.amp)]], []), "--patch_size", *map(str, a.patch_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         if out.returncode:
             raise SystemExit(f"benchmark of {m} failed:\n{out.stderr[-2000:]}")
@@ -130,11 +134,13 @@ def main(argv=None):
         r["efficiency"] = r["gflops"] / peak
         rows.append(r)
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu_features": cpu_features(), "matmul_peak_gflops": peak, "batch_size": a.batch_size,
+              "cpu_features": cpu_features(), "amp": a.amp, "matmul_peak_gflops": peak, "batch_size": a.batch_size,
               "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows}
     fix = next((r for r in rows if r["method"] == "fixmatch"), None)
-    print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s, "
-          f"batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
+    feats = result["cpu_features"]
+    native_bf16 = result["native_bf16"] = device.type == "cuda" or feats["avx512_bf16"] or feats["amx_bf16"]
+    print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s, --amp {a.amp} "
+          f"(native bf16: {'yes' if native_bf16 else 'no'}), batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
     print(f"{'method':<17}{'s/it':>8}{'s/it+data':>11}{'GFLOP/it':>10}{'GFLOP/s':>9}{'eff.':>7}{'peak MB':>9}"
           f"{'x FixMatch':>11}")
     for r in rows:

@@ -147,6 +147,7 @@ def test_prostate_takes_t2_channel(tmp_path):
     ("missing_gt", "acdc", "patient004_frame12"),
     ("bad_code", "mscmr", "patient2: label codes \\[300\\]"),
     ("four_d", "acdc", "patient001_frame01: .* is 4-D"),
+    ("corrupt", "acdc", "patient007_frame01: cannot read .*patient007_frame01.nii.gz"),
 ])
 def test_bad_inputs_name_the_case_and_leave_nothing(tmp_path, breaker, dataset, expect):
     src, out = str(tmp_path / "src"), tmp_path / "out"
@@ -155,6 +156,10 @@ def test_bad_inputs_name_the_case_and_leave_nothing(tmp_path, breaker, dataset, 
         make_acdc(src, n_patients=10)
         if breaker == "missing_gt":
             os.remove(os.path.join(src, "training", "patient004", "patient004_frame12_gt.nii.gz"))
+        elif breaker == "corrupt":  # a truncated download
+            path = os.path.join(src, "training", "patient007", "patient007_frame01.nii.gz")
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[:len(data) // 3])
         else:
             nifti(os.path.join(src, "training", "patient001", "patient001_frame01.nii.gz"),
                   rng.random((2, 3, 20, 24)).astype(np.float32))

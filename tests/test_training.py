@@ -95,3 +95,20 @@ def test_diffrect_at_least_matches_supervised_with_the_same_budget(synthetic_roo
                             "--split", "test", "--gpu", "-1"])
         scores[name] = s["mean"]["dice"]["mean"]
     assert scores["diffrect"] >= scores["supervised"], scores
+
+
+def test_amp_bf16_trains_in_fp32_weights_and_fp16_needs_cuda(tiny_root, tmp_path):
+    snap = str(tmp_path / "amp")
+    train_fixmatch_ACDC.main(["--root_path", tiny_root, "--snapshot_dir", snap, *SMALL, "--patch_size", "16", "16",
+                              "--max_iterations", "2", "--val_interval", "2", "--amp", "bf16"])
+    terms = logged_terms(snap)
+    assert len(terms["seg/sup"]) == 2 and all(math.isfinite(v) for vs in terms.values() for v in vs)
+    import torch
+
+    state = torch.load(os.path.join(snap, "unet_best_model.pth"), weights_only=False)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--amp fp16 needs a CUDA GPU"):
+            train_fixmatch_ACDC.main(["--root_path", tiny_root, "--snapshot_dir", str(tmp_path / "fp16"), *SMALL,
+                                      "--amp", "fp16"])
+        assert not (tmp_path / "fp16").exists()

@@ -6,6 +6,7 @@ the label as uint8 (D, H, W) remapped to our contiguous ids (SPEC §1), and the 
 NIfTI is read with SimpleITK, which test_ACDC.py also uses to write its NIfTI outputs.
 """
 import glob
+import gzip
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ LABEL_MAPS = {
     "mscmr": {0: 0, 600: 1, 200: 2, 500: 3},  # RV=600, Myo=200, LV=500 -> ACDC order
     "prostate": {0: 0, 1: 1, 2: 2},  # BG, PZ, TZ
 }
+NIFTI_HEADER_BYTES = 348
 CLASS_NAMES = {"acdc": ["BG", "RV", "Myo", "LV"], "mscmr": ["BG", "RV", "Myo", "LV"], "prostate": ["BG", "PZ", "TZ"]}
 
 
@@ -77,15 +79,30 @@ def find_prostate(root):
 FINDERS = {"acdc": find_acdc, "mscmr": find_mscmr, "prostate": find_prostate}
 
 
+def _stored_bytes(path):
+    """Bytes of the NIfTI stream (decompressed for .gz); a truncated or corrupt gzip raises OSError/EOFError."""
+    if not path.endswith(".gz"):
+        return os.path.getsize(path)
+    n = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            n += len(chunk)
+    return n
+
+
 def _read(path, case):
     import SimpleITK as sitk
 
     try:
         img = sitk.ReadImage(path)
-    except RuntimeError as e:
+        array = sitk.GetArrayFromImage(img)  # array axes reversed: (.., z, y, x)
+        # ITK zero-fills a truncated file without a word, so the size is checked here
+        complete = _stored_bytes(path) >= NIFTI_HEADER_BYTES + array.nbytes
+    except (RuntimeError, OSError, EOFError) as e:
         raise DataError(f"case {case}: cannot read {path} ({str(e).strip().splitlines()[-1]}); re-download it")
-    spacing = tuple(float(s) for s in img.GetSpacing())
-    return sitk.GetArrayFromImage(img), spacing  # array axes reversed: (.., z, y, x)
+    if not complete:
+        raise DataError(f"case {case}: cannot read {path} (the file is truncated); re-download it")
+    return array, tuple(float(s) for s in img.GetSpacing())
 
 
 def load_case(case, dataset):

@@ -39,6 +39,8 @@ def training_parser(description, models=None, **defaults):
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--deterministic", type=int, default=1, choices=[0, 1])
     g.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision of the training "
+                   "step (autocast; fp16 adds a gradient scaler and needs CUDA); weights and validation stay fp32")
     g = p.add_argument_group("run control")
     g.add_argument("--val_interval", type=int, default=200, help="validate on val every N iterations")
     g.add_argument("--checkpoint_interval", type=int, default=None, help="save last.pth every N (default: "

@@ -14,6 +14,7 @@ def dice_loss(probs, target, num_classes=None):
     """Mean over all C classes (background included) of 1 - (2 sum pg + s) / (sum p^2 + sum g^2 + s),
     pooled over the batch. probs (B, C, H, W) in [0, 1]; target (B, H, W) long."""
     c = probs.shape[1] if num_classes is None else num_classes
+    probs = probs.float()  # sums over many pixels: fp32 even under --amp
     g = F.one_hot(target, c).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)
     inter = (probs * g).sum(dims)

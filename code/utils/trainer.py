@@ -84,6 +84,10 @@ class TrainingRun:
         for i in range(len(self.val_set)):
             self.val_set[i]  # reads and checks every val volume now, not at the first validation
         self.device = select_device(args.gpu, notes.append)
+        if args.amp == "fp16" and self.device.type != "cuda":
+            raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (fast only with AVX512-BF16/AMX)")
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+        self.scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
         os.makedirs(self.snapshot, exist_ok=True)
         self.logger = self._make_logger()
         for note in notes:
@@ -141,17 +145,25 @@ class TrainingRun:
                           pin_memory=self.device.type == "cuda", persistent_workers=a.num_workers > 0)
 
     # ------------------------------------------------------------------------------------------ step helpers
+    def step(self, train_step, batch, iteration):
+        """One training step, under autocast when --amp is on (fit and benchmark.py both step through here)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            return train_step(batch, iteration)
+
     def backward_step(self, optimizer, loss, what):
         """zero_grad / backward / step of one optimizer or a tuple of them (one loss over several networks),
-        refusing a non-finite loss (the step is skipped, weights untouched)."""
+        refusing a non-finite loss (the step is skipped, weights untouched). With --amp fp16 the loss is scaled."""
         optimizers = optimizer if isinstance(optimizer, (tuple, list)) else (optimizer,)
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLoss(f"{what} is {loss.item()}")
-        loss.backward()
+        with torch.autocast(self.device.type, enabled=False):  # backward outside autocast, as torch advises
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
         for o in optimizers:
-            o.step()
+            self.scaler.step(o) if self.scaler else o.step()
+        if self.scaler:
+            self.scaler.update()
 
     def should_log_images(self, iteration):
         return self.is_main and (iteration + 1) % self.args.image_interval == 0
@@ -190,6 +202,8 @@ class TrainingRun:
             for name, g in generators.items():
                 g.set_state(ckpt["generators"][name])
             set_rng_state(ckpt["rng"])
+            if self.scaler and ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
             start, best, curve = ckpt["iteration"], ckpt["best"], ckpt["curve"]
             nonfinite_total = ckpt.get("nonfinite_total", 0)
             log.info(f"resumed from {self.resume_from} at iteration {start} (best val Dice {best['dice']:.4f})")
@@ -203,7 +217,8 @@ class TrainingRun:
                     "models": {n: m.state_dict() for n, m in models.items()},
                     "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                     "generators": {n: g.get_state() for n, g in generators.items()},
-                    "rng": rng_state(), "nonfinite_total": nonfinite_total, "config": vars(a)}
+                    "rng": rng_state(), "nonfinite_total": nonfinite_total, "config": vars(a),
+                    "scaler": self.scaler.state_dict() if self.scaler else None}
 
         for m in models.values():
             m.train()
@@ -216,7 +231,7 @@ class TrainingRun:
             t0 = time.perf_counter()
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
             try:
-                terms = train_step(batch, it)
+                terms = self.step(train_step, batch, it)
                 in_a_row = 0
             except NonFiniteLoss as e:
                 in_a_row += 1
