@@ -33,8 +33,9 @@ def build(args, run):
         net = init_weights(net_factory(args.model, in_chns=1, class_num=run.num_classes), scheme).to(run.device)
         return net, torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
 
-    model_a, optimizer_a = make("kaiming")
-    model_b, optimizer_b = make("xavier")
+    net_a, optimizer_a = make("kaiming")
+    net_b, optimizer_b = make("xavier")
+    model_a, model_b = run.wrap(net_a), run.wrap(net_b)
 
     def train_step(batch, it):
         image, label, lbs = batch["image"], batch["label"], args.labeled_bs  # (B,1,H,W), (B,H,W)
@@ -46,9 +47,9 @@ def build(args, run):
         run.backward_step((optimizer_a, optimizer_b), sup_a + sup_b + w * (cps_a + cps_b), "L_cps")
         return {"seg/sup_a": sup_a, "seg/sup_b": sup_b, "cps/a": cps_a, "cps/b": cps_b, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": model_a, "model_b": model_b},
+    return dict(train_step=train_step, models={"model": net_a, "model_b": net_b},
                 optimizers={"optimizer": optimizer_a, "optimizer_b": optimizer_b}, poly=("optimizer", "optimizer_b"),
-                eval_model=model_a)
+                eval_model=net_a)
 
 
 main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)

@@ -50,13 +50,15 @@ def parse_args(argv):
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     C, lbs, thresh = run.num_classes, args.labeled_bs, args.conf_thresh
-    model = net_factory(args.model, in_chns=1, class_num=C).to(run.device)
-    rectifier = Rectifier(C, "onehot" if args.no_scs else "color", args.ts, args.base_chn_rf, args.cond_input,
-                          bool(args.clip_latent), not args.no_lfr, args.ts_sample, args.sampler,
-                          schedule=args.beta_schedule).to(run.device)
+    net = net_factory(args.model, in_chns=1, class_num=C).to(run.device)
+    rectifier_net = Rectifier(C, "onehot" if args.no_scs else "color", args.ts, args.base_chn_rf, args.cond_input,
+                              bool(args.clip_latent), not args.no_lfr, args.ts_sample, args.sampler,
+                              schedule=args.beta_schedule).to(run.device)
     sgd = dict(lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
-    optimizer = torch.optim.SGD(model.parameters(), **sgd)
-    optimizer_rf = torch.optim.SGD(rectifier.parameters(), **sgd)  # constant LR, as the reference
+    optimizer = torch.optim.SGD(net.parameters(), **sgd)
+    optimizer_rf = torch.optim.SGD(rectifier_net.parameters(), **sgd)  # constant LR, as the reference
+    # DDP under torchrun, the networks themselves otherwise; ablations leave parts of the rectifier unused
+    model, rectifier = run.wrap(net), run.wrap(rectifier_net, find_unused=True)
     noise = torch.Generator(run.device).manual_seed(args.seed)  # diffusion t/noise and random τ only
 
     def guidance(a, b):
@@ -112,8 +114,8 @@ def build(args, run):
                            it)
         return terms
 
-    return dict(train_step=train_step, models={"model": model, "rectifier": rectifier},
-                optimizers={"optimizer": optimizer, "optimizer_rf": optimizer_rf}, eval_model=model,
+    return dict(train_step=train_step, models={"model": net, "rectifier": rectifier_net},
+                optimizers={"optimizer": optimizer, "optimizer_rf": optimizer_rf}, eval_model=net,
                 generators={"noise": noise})
 
 

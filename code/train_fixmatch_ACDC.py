@@ -20,8 +20,9 @@ def parse_args(argv):
 
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
-    model = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    model = run.wrap(net)  # DDP under torchrun, `net` itself otherwise
 
     def train_step(batch, it):
         weak, strong, label = batch["image"], batch["image_strong"], batch["label"]  # (B,1,H,W) x2, (B,H,W)
@@ -30,7 +31,7 @@ def build(args, run):
         run.backward_step(optimizer, loss, "L_seg")
         return {**terms, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": model}, optimizers={"optimizer": optimizer}, eval_model=model)
+    return dict(train_step=train_step, models={"model": net}, optimizers={"optimizer": optimizer}, eval_model=net)
 
 
 main = training_main(parse_args, build, SEMI_SUPERVISED)  # flags -> TrainingRun -> build -> fit

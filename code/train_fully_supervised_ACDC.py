@@ -20,8 +20,9 @@ def parse_args(argv):
 
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
-    model = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    model = run.wrap(net)  # DDP under torchrun, `net` itself otherwise
 
     def train_step(batch, it):
         image, label = batch["image"], batch["label"]  # (B, 1, H, W), (B, H, W)
@@ -34,7 +35,7 @@ def build(args, run):
                                                    colorize(logits[:1].argmax(1), c)[0]], it)
         return {"loss/seg": loss}
 
-    return dict(train_step=train_step, models={"model": model}, optimizers={"optimizer": optimizer}, eval_model=model)
+    return dict(train_step=train_step, models={"model": net}, optimizers={"optimizer": optimizer}, eval_model=net)
 
 
 main = training_main(parse_args, build, SEMI_SUPERVISED)  # flags -> TrainingRun -> build -> fit

@@ -36,9 +36,10 @@ def mix(a, b, lam):
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     n_mix = (args.batch_size - args.labeled_bs) // 2
-    student = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
-    teacher = make_teacher(student)
-    optimizer = torch.optim.SGD(student.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    teacher = make_teacher(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    student = run.wrap(net)
     beta = torch.distributions.Beta(torch.tensor(args.ict_alpha), torch.tensor(args.ict_alpha))
 
     def train_step(batch, it):
@@ -52,12 +53,12 @@ def build(args, run):
         sup = seg_loss(logits[:lbs], label[:lbs])
         w = consistency_weight(it, args.consistency, args.consistency_rampup)
         run.backward_step(optimizer, sup + w * consistency, "L_ict")
-        ema_update(teacher, student, args.ema_decay, it)
+        ema_update(teacher, net, args.ema_decay, it)
         return {"seg/sup": sup, "ict/consistency": consistency, "info/mix_mean": lam.mean(),
                 "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": student, "teacher": teacher},
-                optimizers={"optimizer": optimizer}, eval_model=student)
+    return dict(train_step=train_step, models={"model": net, "teacher": teacher},
+                optimizers={"optimizer": optimizer}, eval_model=net)
 
 
 main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)

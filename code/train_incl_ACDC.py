@@ -58,10 +58,11 @@ class SemanticProxies(nn.Module):
 
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
-    model = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
-    proxies = SemanticProxies(run.num_classes, model.decoder.out_conv.in_channels, args.proxy_dim).to(run.device)
-    optimizer = torch.optim.SGD([*model.parameters(), *proxies.parameters()], lr=args.base_lr, momentum=0.9,
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    proxy_net = SemanticProxies(run.num_classes, net.decoder.out_conv.in_channels, args.proxy_dim).to(run.device)
+    optimizer = torch.optim.SGD([*net.parameters(), *proxy_net.parameters()], lr=args.base_lr, momentum=0.9,
                                 weight_decay=1e-4)
+    model, proxies = run.wrap(net), run.wrap(proxy_net)
 
     def train_step(batch, it):
         image, label, lbs = batch["image"], batch["label"], args.labeled_bs  # (B,1,H,W), (B,H,W)
@@ -76,8 +77,8 @@ def build(args, run):
         run.backward_step(optimizer, sup + sspa + w * uscl, "L_incl")
         return {"seg/sup": sup, "incl/sspa": sspa, "incl/uscl": uscl, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": model, "proxies": proxies}, optimizers={"optimizer": optimizer},
-                eval_model=model)
+    return dict(train_step=train_step, models={"model": net, "proxies": proxy_net},
+                optimizers={"optimizer": optimizer}, eval_model=net)
 
 
 main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)

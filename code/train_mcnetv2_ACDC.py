@@ -39,8 +39,9 @@ def mutual_consistency(probs, temperature):
 
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
-    model = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    model = run.wrap(net)
 
     def train_step(batch, it):
         image, label, lbs = batch["image"], batch["label"], args.labeled_bs  # (B,1,H,W), (B,H,W)
@@ -51,7 +52,7 @@ def build(args, run):
         run.backward_step(optimizer, sup + w * consistency, "L_mcnet")
         return {"seg/sup": sup, "mcnet/consistency": consistency, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": model}, optimizers={"optimizer": optimizer}, eval_model=model)
+    return dict(train_step=train_step, models={"model": net}, optimizers={"optimizer": optimizer}, eval_model=net)
 
 
 main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)

@@ -51,9 +51,10 @@ def uncertainty_threshold(iteration, max_iterations, base):
 
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
-    student = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
-    teacher = make_teacher(student)
-    optimizer = torch.optim.SGD(student.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    teacher = make_teacher(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
+    student = run.wrap(net)
 
     def train_step(batch, it):
         image, label, lbs = batch["image"], batch["label"], args.labeled_bs  # (B,1,H,W), (B,H,W)
@@ -69,12 +70,12 @@ def build(args, run):
         sup = seg_loss(logits[:lbs], label[:lbs])
         w = consistency_weight(it, args.consistency, args.consistency_rampup)
         run.backward_step(optimizer, sup + w * consistency, "L_uamt")
-        ema_update(teacher, student, args.ema_decay, it)
+        ema_update(teacher, net, args.ema_decay, it)
         return {"seg/sup": sup, "uamt/consistency": consistency, "uamt/certain_fraction": certain.mean(),
                 "info/threshold": threshold, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": student, "teacher": teacher},
-                optimizers={"optimizer": optimizer}, eval_model=student)
+    return dict(train_step=train_step, models={"model": net, "teacher": teacher},
+                optimizers={"optimizer": optimizer}, eval_model=net)
 
 
 main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)

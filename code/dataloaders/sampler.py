@@ -4,7 +4,8 @@ Labeled indices cycle once per epoch (a fresh permutation each epoch), unlabeled
 pure function of (seed, k): resuming at iteration k, or running N processes, needs no sampler state. With
 `world_size` > 1, iteration k draws world_size times as many indices and rank r takes its own contiguous
 share of each stream, so every rank keeps the labeled/unlabeled mix and no index repeats across ranks in a
-step. Each element is (dataset index, augmentation seed); the seed (seed, k, slot) makes augmentation
+step (with several ranks the unlabeled stream, too, starts a new permutation only between steps; a single
+process reads it as one endless stream). Each element is (dataset index, augmentation seed); the seed (seed, k, slot) makes augmentation
 independent of worker scheduling.
 """
 from functools import lru_cache
@@ -25,9 +26,9 @@ class TwoStreamBatchSampler:
         if len(self.labeled) < n_lab:
             raise DataError(f"{len(self.labeled)} labeled slices cannot fill {n_lab} labeled places per step; "
                              f"lower --labeled_bs or raise --labelnum")
-        if self.unlabeled_bs > 0 and len(self.unlabeled) == 0:
-            raise DataError("no unlabeled slices left for the unlabeled part of the batch; lower --labelnum "
-                             "or set --labeled_bs equal to --batch_size")
+        if self.unlabeled_bs > 0 and len(self.unlabeled) < (1 if world_size == 1 else self.unlabeled_bs * world_size):
+            raise DataError(f"{len(self.unlabeled)} unlabeled slices cannot fill the unlabeled part of the batch on "
+                             f"{world_size} process(es); lower --labelnum or --batch_size")
         self.steps_per_epoch = len(self.labeled) // n_lab
         self._perm = lru_cache(maxsize=4)(self._permutation)
 
@@ -43,10 +44,16 @@ class TwoStreamBatchSampler:
         pos0 = (k % self.steps_per_epoch) * n + self.rank * self.labeled_bs
         out += [int(perm[pos0 + j]) for j in range(self.labeled_bs)]
         m = len(self.unlabeled)
-        base = k * self.unlabeled_bs * self.world + self.rank * self.unlabeled_bs
-        for j in range(self.unlabeled_bs):
-            p = base + j
-            out.append(int(self._perm(1, p // m)[p % m]))
+        if self.world == 1:
+            base = k * self.unlabeled_bs
+            for j in range(self.unlabeled_bs):
+                out.append(int(self._perm(1, (base + j) // m)[(base + j) % m]))
+        elif self.unlabeled_bs:
+            n_u = self.unlabeled_bs * self.world
+            per_epoch = m // n_u
+            perm = self._perm(1, k // per_epoch)
+            pos0 = (k % per_epoch) * n_u + self.rank * self.unlabeled_bs
+            out += [int(perm[pos0 + j]) for j in range(self.unlabeled_bs)]
         slot0 = self.rank * (self.labeled_bs + self.unlabeled_bs)
         return [(idx, (self.seed, k, slot0 + s)) for s, idx in enumerate(out)]
 

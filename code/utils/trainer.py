@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -30,6 +31,7 @@ from dataloaders.sampler import TwoStreamBatchSampler
 from utils.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint, load_state, rng_state, \
     set_rng_state
 from utils.config import PROJECT_ROOT, UsageError, check_args, select_device
+from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, replicas_differ
 from utils.evaluation import evaluate
 from utils.ramps import poly_lr
 
@@ -64,8 +66,8 @@ class TrainingRun:
         if args.num_classes is None:
             args.num_classes = self.info.num_classes
         self.num_classes = args.num_classes
-        self.rank, self.world_size = 0, 1
-        self.is_main = True
+        self.rank, self.world_size, self.local_rank = distributed_env()
+        self.distributed, self.is_main = self.world_size > 1, self.rank == 0
         self.snapshot = args.snapshot_dir or os.path.join(
             PROJECT_ROOT, "model", f"{args.exp}_{args.labelnum}_labeled", args.model)
         self.last_path = os.path.join(self.snapshot, "last.pth")
@@ -83,7 +85,12 @@ class TrainingRun:
         self.val_set = VolumeDataset(args.root_path, "val", self.num_classes)
         for i in range(len(self.val_set)):
             self.val_set[i]  # reads and checks every val volume now, not at the first validation
-        self.device = select_device(args.gpu, notes.append)
+        if self.distributed:  # one GPU per process (LOCAL_RANK) when CUDA is asked for and present
+            self.device = torch.device("cuda", self.local_rank) if args.gpu >= 0 and torch.cuda.is_available() \
+                else torch.device("cpu")
+            init_process_group(self.device)
+        else:
+            self.device = select_device(args.gpu, notes.append)
         if args.amp == "fp16" and self.device.type != "cuda":
             raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (fast only with AVX512-BF16/AMX)")
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -125,7 +132,9 @@ class TrainingRun:
         logger.propagate = False
         logger.setLevel(logging.INFO if self.is_main else logging.WARNING)
         fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
-        for h in (logging.FileHandler(os.path.join(self.snapshot, "log.txt")), _TqdmHandler()):
+        handlers = [_TqdmHandler()] + ([logging.FileHandler(os.path.join(self.snapshot, "log.txt"))] if self.is_main
+                                       else [])
+        for h in handlers:
             h.setFormatter(fmt)
             logger.addHandler(h)
         return logger
@@ -145,6 +154,12 @@ class TrainingRun:
                           pin_memory=self.device.type == "cuda", persistent_workers=a.num_workers > 0)
 
     # ------------------------------------------------------------------------------------------ step helpers
+    def wrap(self, net, find_unused=False):
+        """The network as the train step should call it: itself in a plain run, in DistributedDataParallel under
+        torchrun (SyncBatchNorm on CUDA). Build optimizers, state and evaluation on `net` itself. find_unused:
+        some parameters may get no gradient in a step (DDP must then look for them)."""
+        return DistributedNet(net, self.device, find_unused) if self.distributed else net
+
     def step(self, train_step, batch, iteration):
         """One training step, under autocast when --amp is on (fit and benchmark.py both step through here)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -156,7 +171,10 @@ class TrainingRun:
         optimizers = optimizer if isinstance(optimizer, (tuple, list)) else (optimizer,)
         for o in optimizers:
             o.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss.detach()).all():
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.distributed:  # every rank skips together, or the next collective would hang
+            finite = all_ranks_true(finite, self.device)
+        if not finite:
             raise NonFiniteLoss(f"{what} is {loss.item()}")
         with torch.autocast(self.device.type, enabled=False):  # backward outside autocast, as torch advises
             (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -210,6 +228,10 @@ class TrainingRun:
         if start >= a.max_iterations:
             log.info(f"nothing to do: already at iteration {start} of {a.max_iterations}")
             return best
+        if self.distributed:  # own dropout/noise draws per rank (models start equal: they were built before this)
+            torch.manual_seed(a.seed + 100_003 * self.rank + start)
+            log.info(f"distributed: {self.world_size} processes, rank {self.rank}, device {self.device}; global batch "
+                     f"{self.world_size * a.batch_size} ({self.world_size * a.labeled_bs} labeled)")
         self.writer = SummaryWriter(os.path.join(self.snapshot, "log"), purge_step=start + 1) if self.is_main else None
 
         def state(iteration):
@@ -238,7 +260,8 @@ class TrainingRun:
                 nonfinite_total += 1
                 log.warning(f"iteration {it}: non-finite loss ({e}); step skipped ({in_a_row} in a row)")
                 if in_a_row > a.max_nonfinite:
-                    atomic_save(state(it), self.last_path)
+                    if self.is_main:
+                        atomic_save(state(it), self.last_path)
                     raise TooManyNonFinite(f"{in_a_row} non-finite losses in a row at iteration {it}; the last good "
                                            f"state is in {self.last_path}. Lower --base_lr or check the data.")
                 terms = {}
@@ -256,11 +279,20 @@ class TrainingRun:
                 log.info(f"iteration {it + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
                          + f", {t_steps / n_steps:.3f} s/it")
                 t_steps, n_steps = 0.0, 0
-            if (it + 1) % a.val_interval == 0 or it + 1 == a.max_iterations:
+            if ((it + 1) % a.val_interval == 0 or it + 1 == a.max_iterations) and self.is_main:
                 best = self._validate(it + 1, eval_model, models, curve, best)
-            if (it + 1) % a.checkpoint_interval == 0 or it + 1 in (a.max_iterations, stop):
+            if ((it + 1) % a.checkpoint_interval == 0 or it + 1 in (a.max_iterations, stop)) and self.is_main:
                 atomic_save(state(it + 1), self.last_path)
-        self.writer.close()
+            if self.distributed and ((it + 1) % a.val_interval == 0 or it + 1 == stop):
+                dist.barrier()  # the others wait for rank 0's validation / checkpoint
+        if self.writer:
+            self.writer.close()
+        if self.distributed:
+            differ = replicas_differ(models, self.device)
+            if differ:
+                log.warning(f"weights of {differ} differ between ranks at iteration {stop}")
+            else:
+                log.info(f"weights identical on all {self.world_size} ranks at iteration {stop}")
         if stop < a.max_iterations:
             log.info(f"stopped at iteration {stop} (--max_run_iterations); run again to resume from {self.last_path}")
             return best
