@@ -75,8 +75,9 @@ class TrainingRun:
         self.resume_from = self._resume_source()
         # the data is read and checked before anything is written, so bad input leaves no trace
         notes = []
-        self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size,
-                                      strong=semi_supervised if strong_view is None else strong_view, skip_bad=args.skip_bad_samples, log=notes.append)
+        strong = semi_supervised if strong_view is None else strong_view
+        self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size, strong=strong,
+                                      skip_bad=args.skip_bad_samples, log=notes.append)
         n_lab = labeled_slice_count(self.info, args.labelnum, len(self.train_set))
         self.labeled_idx = self.train_set.valid_indices(range(n_lab))
         self.unlabeled_idx = self.train_set.valid_indices(range(n_lab, len(self.train_set)))
