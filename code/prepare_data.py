@@ -132,7 +132,10 @@ def write_dataset(out, dataset, name, split, slice_order, table, arrays):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_output(args.output, args.overwrite)  # before the slow reading
+    try:
+        check_output(args.output, args.overwrite)  # before the slow reading
+    except ValueError as e:
+        raise UsageError(f"--output {e}")
     cases = FINDERS[args.dataset](args.input)
     if not cases:
         raise DataError(f"--input {args.input}: no {args.dataset} cases found in the official folder structure "
