@@ -15,6 +15,7 @@ from collections import Counter
 
 from dataloaders.dataset import DataError, read_case
 from dataloaders.datasets import load_dataset_info
+from dataloaders.layout import read_ids
 
 RANGE_TOL = 1e-5  # float32 min-max normalisation can land a hair outside [0, 1]
 
@@ -51,13 +52,12 @@ def check_dataset(root, dataset=None, num_classes=None):
     c = num_classes or info.num_classes
     lists = {}
     for name in ("train_slices", "val", "test"):
-        path = os.path.join(root, f"{name}.list")
-        if not os.path.isfile(path):
+        ids = read_ids(os.path.join(root, f"{name}.list"))
+        if ids is None:
             if name != "test":  # a folder may hold back its test split (as ../shared/data/ACDC does)
                 problems.append((f"{name}.list", "not found"))
             continue
-        with open(path) as f:
-            lists[name] = [line.strip() for line in f if line.strip()]
+        lists[name] = ids
         if not lists[name]:
             problems.append((f"{name}.list", "empty"))
         for ident, n in Counter(lists[name]).items():

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dataloaders.dataset import DataError
 from dataloaders.datasets import DATASETS
-from dataloaders.layout import atomic_folder, check_output, write_h5, write_list
+from dataloaders.layout import atomic_folder, check_output, read_ids, write_h5, write_list
 from dataloaders.official_sources import CLASS_NAMES, FINDERS, load_case
 from utils.config import PROJECT_ROOT, UsageError
 
@@ -66,22 +66,14 @@ def seeded_split(patients, fractions, seed):
     return out
 
 
-def _read_ids(folder, name):
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
-
-
 def acdc_split_from_lists(folder, volumes):
     """SSL4MIS lists -> {split: [volume ids]} and the train slice order (or None: slices in volume order)."""
-    split, slices = {}, _read_ids(folder, "train_slices.list")
+    split, slices = {}, read_ids(os.path.join(folder, "train_slices.list"))
     for s in ("val", "test"):
-        split[s] = _read_ids(folder, f"{s}.list")
+        split[s] = read_ids(os.path.join(folder, f"{s}.list"))
         if split[s] is None:
             raise UsageError(f"--split_lists {folder}: {s}.list not found")
-    split["train"] = _read_ids(folder, "train.list") or \
+    split["train"] = read_ids(os.path.join(folder, "train.list")) or \
         list(OrderedDict.fromkeys(s.rsplit("_slice_", 1)[0] for s in slices or []))
     if not split["train"]:
         raise UsageError(f"--split_lists {folder}: needs train.list or train_slices.list")

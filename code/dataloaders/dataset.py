@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dataloaders.augmentation import make_views, resize_pair
+from dataloaders.layout import read_ids
 
 
 class DataError(ValueError):
@@ -21,11 +22,10 @@ class DataError(ValueError):
 
 def read_list(root, name):
     path = os.path.join(root, name)
-    if not os.path.isfile(path):
+    ids = read_ids(path)
+    if ids is None:
         raise DataError(f"{path}: list file not found; is --root_path the prepared dataset folder "
                         f"(it needs train_slices.list, val.list, data/)?")
-    with open(path) as f:
-        ids = [line.strip() for line in f if line.strip()]
     if not ids:
         raise DataError(f"{path}: the list is empty")
     return ids

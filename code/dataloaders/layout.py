@@ -1,4 +1,5 @@
-"""Writing the SSL4MIS folder layout (SPEC §1): h5 files, list files, and the folder itself, atomically.
+"""The SSL4MIS folder layout (SPEC §1): writing h5 files, list files (and reading them back), and the folder
+itself, atomically.
 
 A dataset folder is built in a temporary sibling and renamed into place at the end, so a half-written folder
 is never mistaken for a finished one; an existing non-empty folder is only replaced on request.
@@ -24,6 +25,14 @@ def write_h5(path, image, label, spacing=None):
 
 def write_list(path, items):
     Path(path).write_text("".join(f"{x}\n" for x in items))
+
+
+def read_ids(path):
+    """The ids of a .list file, one per line, blank lines skipped; None when the file does not exist."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
 
 
 def check_output(out_dir, overwrite):
