@@ -3,9 +3,11 @@
 For supervised, FixMatch and DiffRect (before and after --refine_start) at the given batch and patch size:
 median seconds per iteration after warm-up, with data loading excluded (the step on a ready batch) and
 included (loader + step); peak memory (RSS on CPU, max allocated on CUDA); the step's FLOPs counted with
-torch.utils.flop_counter and the achieved GFLOP/s beside a fp32 matmul peak measured in the same run (their
-ratio is the efficiency). Each method runs in its own process so peak memory is its own. Prints a table and
-writes JSON.
+torch.utils.flop_counter and the achieved GFLOP/s beside a fp32 matmul peak measured in the same run, at its
+start and its end, the higher one counting (their ratio is the efficiency). Each method runs in its own process
+so peak memory is its own. Then the ceiling the convolution kernels set: every 3x3 convolution shape of the U-Net
+timed alone (forward + backward, same batch), and the efficiency a U-Net step would reach if each of its convolutions ran at that speed and everything else
+were free. Prints tables and writes JSON.
 
   python benchmark.py --batch_size 8 --labeled_bs 4 --patch_size 128 128 --iters 5
 """
@@ -29,12 +31,10 @@ def matmul_peak(device, n=2048, reps=10):
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     best = float("inf")
     for _ in range(reps + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         t0 = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
 
@@ -74,6 +74,47 @@ def bench_eval(device, patch_size, depth=10, reps=3):
             "ratio": best_all / best_fwd}
 
 
+def bench_convs(device, batch_size, patch_size, reps=3):
+    """Forward+backward GFLOP/s of each 3x3 conv shape of the U-Net run alone, and the whole U-Net's convs at
+    those speeds. -> {"shapes": [...], "unet_conv_gflops": float}."""
+    from networks.unet import UNet
+
+    from collections import Counter
+
+    net, shapes = UNet(1, 4), Counter()  # (in, out, h, w) -> how many convs of the U-Net have it
+
+    def count(conv, inputs, _):
+        shapes[(conv.in_channels, conv.out_channels, *inputs[0].shape[-2:])] += 1
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    with torch.no_grad():
+        net(torch.zeros(1, 1, *patch_size))
+    for h in hooks:
+        h.remove()
+    rows, total_flop, total_s = [], 0.0, 0.0
+    for (cin, cout, h, w), n in sorted(shapes.items(), key=lambda kv: (-kv[0][2], kv[0][:2])):
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(device)
+        is_image = (cin, h, w) == (1, *patch_size)  # the input conv: no gradient w.r.t. the image
+        x = torch.randn(batch_size, cin, h, w, device=device, requires_grad=not is_image)
+        best = float("inf")
+        for _ in range(reps + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            conv(x).sum().backward()
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        flop = (2 if is_image else 3) * 2 * batch_size * h * w * cin * cout * 9  # forward, grad weight [, input]
+        rows.append({"in": cin, "out": cout, "size": [h, w], "count": n, "gflops": flop / best / 1e9})
+        total_flop, total_s = total_flop + n * flop, total_s + n * best
+    return {"shapes": rows, "unet_conv_gflops": total_flop / total_s / 1e9}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bench_one(method, a):
     """Runs in a child process: build the script's models and step on a synthetic dataset, time it."""
     import importlib
@@ -94,7 +135,6 @@ def bench_one(method, a):
     run = TrainingRun(args, script.SEMI_SUPERVISED)
     parts = script.build(args, run)
     dev = run.device
-    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     loader = iter(run.loader(0))
 
     def next_batch():
@@ -108,14 +148,14 @@ def bench_one(method, a):
         step(batch, it)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    sync()
+    _sync(dev)
     excl, incl = [], []
     for it in range(a.warmup + 1, a.warmup + 1 + a.iters):
         t0 = time.perf_counter()
         b = next_batch()
         t1 = time.perf_counter()
         step(b, it)
-        sync()
+        _sync(dev)
         t2 = time.perf_counter()
         excl.append(t2 - t1)
         incl.append(t2 - t0)
@@ -148,7 +188,7 @@ def main(argv=None):
         print(json.dumps(bench_one(a.child, a)))
         return None
     device = torch.device("cuda", a.gpu) if a.gpu >= 0 and torch.cuda.is_available() else torch.device("cpu")
-    peak = matmul_peak(device)
+    peak_start = matmul_peak(device)
     rows = []
     for m in a.methods:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m, *sum([[f"--{k}", str(v)] for k, v in
@@ -158,16 +198,23 @@ def main(argv=None):
         if out.returncode:
             raise SystemExit(f"benchmark of {m} failed:\n{out.stderr[-2000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["efficiency"] = r["gflops"] / peak
         rows.append(r)
     ev = bench_eval(device, tuple(a.patch_size))
+    convs = bench_convs(device, a.batch_size, tuple(a.patch_size))
+    # measured at both ends, the higher counts: on a shared machine a neighbour can depress one measurement
+    peak_end = matmul_peak(device)
+    peak = max(peak_start, peak_end)
+    for r in rows:
+        r["efficiency"] = r["gflops"] / peak
     result = {"device": str(device), "torch": torch.__version__, "evaluation": ev, "threads": torch.get_num_threads(),
-              "cpu_features": cpu_features(), "amp": a.amp, "matmul_peak_gflops": peak, "batch_size": a.batch_size,
-              "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows}
+              "cpu_features": cpu_features(), "amp": a.amp, "matmul_peak_gflops": peak,
+              "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size,
+              "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "conv_ceiling": convs}
     fix = next((r for r in rows if r["method"] == "fixmatch"), None)
     feats = result["cpu_features"]
     native_bf16 = result["native_bf16"] = device.type == "cuda" or feats["avx512_bf16"] or feats["amx_bf16"]
-    print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s, --amp {a.amp} "
+    print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s "
+          f"(start {peak_start:.0f}, end {peak_end:.0f}), --amp {a.amp} "
           f"(native bf16: {'yes' if native_bf16 else 'no'}), batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
     print(f"{'method':<17}{'s/it':>8}{'s/it+data':>11}{'GFLOP/it':>10}{'GFLOP/s':>9}{'eff.':>7}{'peak MB':>9}"
           f"{'x FixMatch':>11}")
@@ -178,6 +225,10 @@ def main(argv=None):
               f"{ratio:>11}")
     print(f"evaluation of a {'x'.join(map(str, ev['volume']))} volume: forward passes {ev['forward_s']:.3f} s, with "
           f"the four metrics {ev['forward_and_metrics_s']:.3f} s ({ev['ratio']:.2f}x the forward passes)")
+    print(f"3x3 convolutions of the U-Net alone (forward + backward, batch {a.batch_size}): "
+          + ", ".join(f"{r['in']}->{r['out']}@{r['size'][0]} {r['gflops'] / peak:.0%}" for r in convs["shapes"]))
+    print(f"the U-Net's convolutions at those speeds: {convs['unet_conv_gflops']:.0f} GFLOP/s = "
+          f"{convs['unet_conv_gflops'] / peak:.0%} of the peak (the ceiling for a step made of them)")
     with open(a.out, "w") as f:
         json.dump(result, f, indent=2)
     return result

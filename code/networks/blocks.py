@@ -14,10 +14,13 @@ import torch.nn.functional as F
 class ConvBlock(nn.Module):
     def __init__(self, in_ch, out_ch, dropout=0.0, emb_dim=None):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01))
+        # in-place activations: the BN output is needed by nothing else, so the same values take less memory
+        self.conv1 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch),
+                                   nn.LeakyReLU(0.01, inplace=True))
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch)) if emb_dim else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01))
+        self.conv2 = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch),
+                                   nn.LeakyReLU(0.01, inplace=True))
 
     def forward(self, x, emb=None):
         # x: (B, C_in, H, W), emb: (B, emb_dim) or None -> (B, C_out, H, W)

@@ -1,0 +1,21 @@
+"""benchmark.py's measuring pieces on a tiny size (timings themselves are not asserted: they are machine facts)."""
+import torch
+
+import benchmark
+from networks.unet import UNet
+
+
+def test_conv_ceiling_covers_every_3x3_conv_of_the_unet():
+    r = benchmark.bench_convs(torch.device("cpu"), batch_size=2, patch_size=(32, 32), reps=1)
+    n_convs = sum(1 for m in UNet(1, 4).modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert sum(row["count"] for row in r["shapes"]) == n_convs
+    sizes = {row["size"][0] for row in r["shapes"]}
+    assert sizes == {32, 16, 8, 4, 2}  # five levels of the U-Net
+    assert {"in": 1, "out": 16} == {k: r["shapes"][0][k] for k in ("in", "out")}  # full resolution first
+    assert all(row["gflops"] > 0 for row in r["shapes"]) and r["unet_conv_gflops"] > 0
+
+
+def test_eval_timing_reports_forward_and_metrics():
+    r = benchmark.bench_eval(torch.device("cpu"), (32, 32), depth=3, reps=1)
+    assert r["volume"] == [3, 32, 32]
+    assert 0 < r["forward_s"] <= r["forward_and_metrics_s"] and r["ratio"] >= 1.0
