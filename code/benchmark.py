@@ -6,8 +6,8 @@ included (loader + step); peak memory (RSS on CPU, max allocated on CUDA); the s
 torch.utils.flop_counter and the achieved GFLOP/s beside a fp32 matmul peak measured in the same run, at its
 start and its end, the higher one counting (their ratio is the efficiency). Each method runs in its own process
 so peak memory is its own. Then the ceiling the convolution kernels set: every 3x3 convolution shape of the U-Net
-timed alone (forward + backward, same batch), and the efficiency a U-Net step would reach if each of its convolutions ran at that speed and everything else
-were free. Prints tables and writes JSON.
+timed alone (forward + backward, same batch), and the efficiency a U-Net step would reach if each of its
+convolutions ran at that speed and everything else were free. Prints tables and writes JSON.
 
   python benchmark.py --batch_size 8 --labeled_bs 4 --patch_size 128 128 --iters 5
 """
