@@ -112,13 +112,17 @@ def test_cps_targets_are_the_other_networks_argmax_detached():
     assert not ta.requires_grad and not tb.requires_grad and ta.dtype == torch.long
 
 
-def test_cps_networks_start_apart():
-    from networks.unet import init_weights
-
-    torch.manual_seed(0)
-    a, b = init_weights(UNet(), "kaiming"), init_weights(UNet(), "xavier")
-    wa, wb = a.encoder.stages[0].conv1[0].weight, b.encoder.stages[0].conv1[0].weight
-    assert (wa.std() / wb.std()).item() == pytest.approx(math.sqrt((9 + 144) / 9), rel=0.2)  # sqrt(2/fan_in) / sqrt(2/(fan_in+fan_out))
+def test_cps_networks_start_apart_from_the_same_default_distribution(tiny_root, tmp_path):
+    # lr 0: last.pth holds the two initial networks (momentum and weight decay move nothing at lr 0)
+    snap = str(tmp_path / "cps0")
+    train_cps_ACDC.main(["--root_path", tiny_root, "--snapshot_dir", snap, *SMALL, "--max_iterations", "1",
+                         "--val_interval", "1", "--base_lr", "0"])
+    models = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=False)["models"]
+    key = "encoder.stages.1.conv.conv1.0.weight"
+    wa, wb, wd = models["model"][key], models["model_b"][key], UNet().state_dict()[key]
+    assert not torch.equal(wa, wb)
+    assert (wa.std() / wb.std()).item() == pytest.approx(1.0, rel=0.1)  # same init scheme for both ...
+    assert (wa.std() / wd.std()).item() == pytest.approx(1.0, rel=0.1)  # ... and it is PyTorch's default
 
 
 def test_mcnet_has_three_decoders_and_sharpening_matches_hand_values():

@@ -22,18 +22,6 @@ class UNet(nn.Module):
         return self.decoder.out_conv(h), h
 
 
-def init_weights(model, scheme):
-    """Re-initialise every conv weight with 'kaiming' or 'xavier' normal (CPS starts its two nets apart)."""
-    init = {"kaiming": nn.init.kaiming_normal_, "xavier": nn.init.xavier_normal_}[scheme]
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            init(m.weight)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    return model
-
-
 NETWORKS = {"unet": UNet, "mcnet": MCNet}
 
 
