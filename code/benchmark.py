@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 import torch
 
@@ -78,8 +79,6 @@ def bench_convs(device, batch_size, patch_size, reps=3):
     """Forward+backward GFLOP/s of each 3x3 conv shape of the U-Net run alone, and the whole U-Net's convs at
     those speeds. -> {"shapes": [...], "unet_conv_gflops": float}."""
     from networks.unet import UNet
-
-    from collections import Counter
 
     net, shapes = UNet(1, 4), Counter()  # (in, out, h, w) -> how many convs of the U-Net have it
 
