@@ -39,13 +39,20 @@ class _MethodForward(nn.Module):
 class DistributedNet:
     """A network in DistributedDataParallel that is called like the network itself: `model(x)`,
     `model.all_logits(x)`, `rectifier.training_losses(...)` all pass through DDP's forward (gradient sync).
-    Parameters, state dicts and evaluation use the network itself."""
+    Parameters, state dicts and evaluation use the network itself.
+
+    Buffers are not broadcast: the scripts run several forwards before one backward (weak and strong views),
+    and DDP's in-place copy of BatchNorm's running statistics into a network whose first forward saved them
+    for backward fails it ("modified by an inplace operation", seen with torch 2.11 on CPU). On CUDA,
+    SyncBatchNorm's global batch statistics keep the running statistics equal on every rank anyway; on CPU
+    (gloo, plain BatchNorm) each rank keeps its own, and rank 0's are the ones validated and saved."""
 
     def __init__(self, net, device, find_unused=False):
         if device.type == "cuda":  # SyncBatchNorm is CUDA-only; it keeps the Parameter objects (optimizers stay valid)
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
         self.net = net
         self.ddp = nn.parallel.DistributedDataParallel(_MethodForward(net), find_unused_parameters=find_unused,
+                                                       broadcast_buffers=False,
                                                        device_ids=[device.index] if device.type == "cuda" else None)
 
     def __call__(self, *args, **kwargs):
