@@ -1,9 +1,15 @@
+import os
 import pathlib
 import sys
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "code"))
+
+# The --gpu the end-to-end tests train and evaluate with: the CPU by default (CI has no GPU);
+# DIFFRECT_TEST_GPU=0 runs them on CUDA device 0 (the CUDA path users run). The gloo tests of
+# test_distributed.py stay on the CPU.
+TEST_GPU = os.environ.get("DIFFRECT_TEST_GPU", "-1")
 
 
 @pytest.fixture(scope="session")

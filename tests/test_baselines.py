@@ -15,6 +15,7 @@ import train_uamt_ACDC
 from networks.unet import UNet, net_factory
 from test_training import SMALL, logged_terms
 from utils.mean_teacher import ema_update, make_teacher
+from conftest import TEST_GPU
 
 SCRIPTS = {"uamt": (train_uamt_ACDC, "uamt/consistency"), "cps": (train_cps_ACDC, "cps/a"),
            "ict": (train_ict_ACDC, "ict/consistency"), "mcnetv2": (train_mcnetv2_ACDC, "mcnet/consistency"),
@@ -33,7 +34,7 @@ def test_baseline_runs_and_test_acdc_reads_its_checkpoint(tiny_root, tmp_path, n
     ckpt = [f for f in os.listdir(snap) if f.endswith("_best_model.pth")]
     assert len(ckpt) == 1
     summary = test_ACDC.main(["--root_path", tiny_root, "--checkpoint", os.path.join(snap, ckpt[0]), "--split", "val",
-                              "--gpu", "-1"])
+                              "--gpu", TEST_GPU])
     assert summary["num_cases"] == 4 and 0.0 <= summary["mean"]["dice"]["mean"] <= 1.0
 
 

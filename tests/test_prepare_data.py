@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import check_data
 import prepare_data
 from dataloaders.dataset import DataError
+from conftest import TEST_GPU
 
 SPACING_XYZ = (1.25, 1.5, 8.0)  # (x, y, z) as ITK stores it; our h5 keeps (D, H, W) = (8, 1.5, 1.25)
 
@@ -230,9 +231,9 @@ def test_prepared_prostate_trains_and_tests_without_code_edits(tmp_path):
         root, snap = os.path.join(out, f"split{k}"), str(tmp_path / f"run{k}")
         train_fully_supervised_ACDC.main(["--root_path", root, "--snapshot_dir", snap, "--labelnum", "2",
                                           "--patch_size", "32", "32", "--batch_size", "2", "--max_iterations", "2",
-                                          "--val_interval", "2", "--gpu", "-1"])
+                                          "--val_interval", "2", "--gpu", TEST_GPU])
         summaries.append(test_ACDC.main(["--root_path", root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
-                                         "--split", "val", "--gpu", "-1", "--use_spacing"]))
+                                         "--split", "val", "--gpu", TEST_GPU, "--use_spacing"]))
         assert summaries[-1]["classes"] == ["PZ", "TZ"] and summaries[-1]["num_cases"] == 1
     rows = average_splits.average(summaries)
     for m in ("dice", "hd95"):

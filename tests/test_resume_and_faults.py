@@ -14,6 +14,7 @@ import train_diffrect_ACDC
 import train_fully_supervised_ACDC
 from utils import checkpoint as ckpt_mod
 from utils.trainer import TooManyNonFinite
+from conftest import TEST_GPU
 
 CODE = os.path.join(os.path.dirname(__file__), "..", "code")
 
@@ -22,19 +23,31 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["models"]
 
 
-def assert_same_state(a, b):
+# On CUDA two identical runs already differ slightly: bilinear upsampling's backward and the cross-entropy
+# reduce with atomics and have no deterministic kernel (torch.use_deterministic_algorithms lists both). There
+# a resumed run must be as close to the straight run as a second straight run is; on the CPU, equal to 1e-6.
+ON_CUDA = TEST_GPU != "-1" and torch.cuda.is_available()
+
+
+def max_weight_diff(a, b):
     assert a.keys() == b.keys()
-    for name in a:
-        for k in a[name]:
-            assert torch.allclose(a[name][k].float(), b[name][k].float(), atol=1e-6), (name, k)
+    return max((a[n][k].float() - b[n][k].float()).abs().max().item() for n in a for k in a[n])
+
+
+def assert_same_state(a, b, run_to_run=0.0):
+    """Weights equal up to 1e-6, or (on CUDA) up to 10x the difference `run_to_run` of two straight runs."""
+    diff, tol = max_weight_diff(a, b), max(1e-6, 10 * run_to_run)
+    assert diff <= tol, f"resumed run differs from the straight run by {diff:.3g} (allowed {tol:.3g})"
 
 
 def test_sigkill_then_resume_continues_the_same_trajectory(tiny_root, tmp_path):
     common = [sys.executable, os.path.join(CODE, "train_fully_supervised_ACDC.py"), "--root_path", tiny_root,
               "--patch_size", "32", "32", "--batch_size", "4", "--max_iterations", "30", "--val_interval", "5",
-              "--log_interval", "5", "--gpu", "-1"]
-    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    subprocess.run(common + ["--snapshot_dir", straight], check=True, capture_output=True)
+              "--log_interval", "5", "--gpu", TEST_GPU]
+    straight, killed, again = str(tmp_path / "straight"), str(tmp_path / "killed"), str(tmp_path / "again")
+    for snap in (straight, again) if ON_CUDA else (straight,):
+        subprocess.run(common + ["--snapshot_dir", snap], check=True, capture_output=True)
+    run_to_run = max_weight_diff(*(weights(os.path.join(s, "last.pth")) for s in (straight, again))) if ON_CUDA else 0
     proc = subprocess.Popen(common + ["--snapshot_dir", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = os.path.join(killed, "last.pth")
     deadline = time.time() + 120
@@ -46,26 +59,28 @@ def test_sigkill_then_resume_continues_the_same_trajectory(tiny_root, tmp_path):
     assert 5 <= at < 30
     out = subprocess.run(common + ["--snapshot_dir", killed], check=True, capture_output=True, text=True)
     assert f"resumed from {last} at iteration {at}" in out.stdout
-    assert_same_state(weights(os.path.join(straight, "last.pth")), weights(last))
+    assert_same_state(weights(os.path.join(straight, "last.pth")), weights(last), run_to_run)
 
 
 def test_diffrect_resume_equals_straight_run(tiny_root, tmp_path):
     """Rectifier, both optimizers and the diffusion noise generator are restored too."""
     args = ["--root_path", tiny_root, "--patch_size", "32", "32", "--batch_size", "4", "--labeled_bs", "2",
-            "--refine_start", "2", "--val_interval", "3", "--gpu", "-1", "--consistency_rampup", "0",
+            "--refine_start", "2", "--val_interval", "3", "--gpu", TEST_GPU, "--consistency_rampup", "0",
             "--cg", "random"]
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train_diffrect_ACDC.main(args + ["--snapshot_dir", a, "--max_iterations", "6"])
+    a, b, again = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "again")
+    for snap in (a, again) if ON_CUDA else (a,):
+        train_diffrect_ACDC.main(args + ["--snapshot_dir", snap, "--max_iterations", "6"])
+    run_to_run = max_weight_diff(*(weights(os.path.join(s, "last.pth")) for s in (a, again))) if ON_CUDA else 0
     train_diffrect_ACDC.main(args + ["--snapshot_dir", b, "--max_iterations", "6", "--max_run_iterations", "3"])
     assert torch.load(os.path.join(b, "last.pth"), weights_only=False)["iteration"] == 3
     train_diffrect_ACDC.main(args + ["--snapshot_dir", b, "--max_iterations", "6"])
-    assert_same_state(weights(os.path.join(a, "last.pth")), weights(os.path.join(b, "last.pth")))
+    assert_same_state(weights(os.path.join(a, "last.pth")), weights(os.path.join(b, "last.pth")), run_to_run)
 
 
 def test_no_resume_refuses_and_resume_path_must_exist(tiny_root, tmp_path):
     snap = str(tmp_path / "s")
     args = ["--root_path", tiny_root, "--patch_size", "32", "32", "--batch_size", "4", "--max_iterations", "2",
-            "--val_interval", "2", "--gpu", "-1", "--snapshot_dir", snap]
+            "--val_interval", "2", "--gpu", TEST_GPU, "--snapshot_dir", snap]
     train_fully_supervised_ACDC.main(args)
     before = os.path.getmtime(os.path.join(snap, "last.pth"))
     r = subprocess.run([sys.executable, os.path.join(CODE, "train_fully_supervised_ACDC.py"), *args, "--no_resume"],
@@ -108,7 +123,7 @@ def test_non_finite_losses_skip_then_stop_with_last_good_state(tiny_root, tmp_pa
     snap = str(tmp_path / "nan")
     with pytest.raises(TooManyNonFinite, match="4 non-finite losses in a row at iteration 7"):
         train_fully_supervised_ACDC.main(["--root_path", tiny_root, "--patch_size", "32", "32", "--batch_size",
-                                          "4", "--max_iterations", "20", "--val_interval", "10", "--gpu", "-1",
+                                          "4", "--max_iterations", "20", "--val_interval", "10", "--gpu", TEST_GPU,
                                           "--max_nonfinite", "3", "--snapshot_dir", snap])
     state = torch.load(os.path.join(snap, "last.pth"), map_location="cpu", weights_only=False)
     assert state["iteration"] == 7 and state["nonfinite_total"] == 5
@@ -157,14 +172,14 @@ def test_bad_slices_fail_before_training(tiny_root, tmp_path, case, breaker, exp
     sid = _break_slice(root, breaker)
     snap = str(tmp_path / "snap")
     r = _cli("train_fixmatch_ACDC.py", "--root_path", root, "--snapshot_dir", snap, "--patch_size", "32", "32",
-             "--gpu", "-1", "--max_iterations", "2")
+             "--gpu", TEST_GPU, "--max_iterations", "2")
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr and f"{sid}.h5" in r.stderr
     assert not os.path.exists(snap)  # nothing written
 
 
 def test_bad_flags_and_paths(tiny_root, tmp_path):
-    base = ["--root_path", tiny_root, "--gpu", "-1", "--snapshot_dir", str(tmp_path / "s")]
+    base = ["--root_path", tiny_root, "--gpu", TEST_GPU, "--snapshot_dir", str(tmp_path / "s")]
     cases = [
         (["--root_path", "/nonexistent"], "--root_path /nonexistent: folder not found"),
         (["--labelnum", "5"], "--labelnum 5 is not in the synthetic_ACDC table"),
@@ -191,7 +206,7 @@ def test_skip_bad_samples_counts_and_continues(tiny_root, tmp_path):
     open(path, "r+b").truncate(300)
     snap = str(tmp_path / "snap")
     args = ["--root_path", root, "--snapshot_dir", snap, "--patch_size", "32", "32", "--batch_size", "4",
-            "--labeled_bs", "2", "--gpu", "-1", "--max_iterations", "2", "--val_interval", "2"]
+            "--labeled_bs", "2", "--gpu", TEST_GPU, "--max_iterations", "2", "--val_interval", "2"]
     r = _cli("train_fixmatch_ACDC.py", *args)
     assert r.returncode == 2 and f"{sid}.h5: unreadable h5 file" in r.stderr and not os.path.exists(snap)
     r = _cli("train_fixmatch_ACDC.py", *args, "--skip_bad_samples")
@@ -204,14 +219,14 @@ def test_empty_val_list(tiny_root, tmp_path):
     root = _copy_dataset(tiny_root, str(tmp_path / "data"))
     open(os.path.join(root, "val.list"), "w").write("\n")
     r = _cli("train_fully_supervised_ACDC.py", "--root_path", root, "--snapshot_dir", str(tmp_path / "s"),
-             "--gpu", "-1")
+             "--gpu", TEST_GPU)
     assert r.returncode == 2 and "val.list: the list is empty" in r.stderr and not os.path.exists(tmp_path / "s")
 
 
 def test_test_acdc_rejects_foreign_checkpoints(tiny_root, tmp_path):
     snap = str(tmp_path / "s")
     train_fully_supervised_ACDC.main(["--root_path", tiny_root, "--patch_size", "32", "32", "--batch_size", "4",
-                                      "--max_iterations", "2", "--val_interval", "2", "--gpu", "-1",
+                                      "--max_iterations", "2", "--val_interval", "2", "--gpu", TEST_GPU,
                                       "--snapshot_dir", snap])
     best = torch.load(os.path.join(snap, "unet_best_model.pth"), weights_only=False)
     three = dict(best, arch=dict(best["arch"], num_classes=3))
@@ -224,7 +239,7 @@ def test_test_acdc_rejects_foreign_checkpoints(tiny_root, tmp_path):
                          ("foreign.pth", "not a checkpoint written by this project"),
                          ("trunc.pth", "not a readable checkpoint"),
                          (os.path.join(snap, "last.pth"), "this is a training-state file")]:
-        r = _cli("test_ACDC.py", "--root_path", tiny_root, "--split", "val", "--gpu", "-1",
+        r = _cli("test_ACDC.py", "--root_path", tiny_root, "--split", "val", "--gpu", TEST_GPU,
                  "--checkpoint", str(tmp_path / name))
         assert r.returncode == 2 and expect in r.stderr, (name, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1

@@ -10,9 +10,10 @@ import test_ACDC
 import train_diffrect_ACDC
 import train_fixmatch_ACDC
 import train_fully_supervised_ACDC
+from conftest import TEST_GPU
 
 SMALL = ["--patch_size", "32", "32", "--batch_size", "4", "--labeled_bs", "2", "--labelnum", "3",
-         "--log_interval", "1", "--gpu", "-1"]
+         "--log_interval", "1", "--gpu", TEST_GPU]
 
 
 def logged_terms(snapshot):
@@ -32,13 +33,13 @@ def test_supervised_learns_and_test_acdc_reads_it(synthetic_root, tmp_path):
     snap = str(tmp_path / "sup")
     train_fully_supervised_ACDC.main(["--root_path", synthetic_root, "--snapshot_dir", snap, "--patch_size", "64", "64",
                                       "--batch_size", "8", "--max_iterations", "300", "--val_interval", "100",
-                                      "--log_interval", "50", "--gpu", "-1", "--image_interval", "300",
+                                      "--log_interval", "50", "--gpu", TEST_GPU, "--image_interval", "300",
                                       "--save_images"])
     for f in ("config.json", "log.txt", "val_curve.csv", "unet_best_model.pth", "last.pth"):
         assert os.path.isfile(os.path.join(snap, f)), f
     assert os.listdir(os.path.join(snap, "log")) and os.listdir(os.path.join(snap, "images"))
     summary = test_ACDC.main(["--root_path", synthetic_root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
-                              "--split", "test", "--gpu", "-1", "--overlays", "2", "--save_nifti"])
+                              "--split", "test", "--gpu", TEST_GPU, "--overlays", "2", "--save_nifti"])
     assert summary["mean"]["dice"]["mean"] > 0.8, summary["mean"]
     assert summary["num_cases"] == 8 and set(summary["classes"]) == {"RV", "Myo", "LV"}
     with open(os.path.join(snap, "test_summary.json")) as f:
@@ -77,14 +78,14 @@ def test_fixmatch_runs_and_test_acdc_reads_it(tiny_root, tmp_path):
     terms = logged_terms(snap)
     assert set(terms) >= {"seg/sup", "seg/unsup", "seg/comp"} and "w2g/latent" not in terms
     summary = test_ACDC.main(["--root_path", tiny_root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
-                              "--split", "val", "--gpu", "-1"])
+                              "--split", "val", "--gpu", TEST_GPU])
     assert summary["num_cases"] == 4
 
 
 def test_diffrect_at_least_matches_supervised_with_the_same_budget(synthetic_root, tmp_path):
     """Same seed, iterations and labeled slices per step (4): DiffRect adds 4 unlabeled slices per step."""
     budget = ["--root_path", synthetic_root, "--patch_size", "64", "64", "--labelnum", "3", "--max_iterations",
-              "300", "--val_interval", "100", "--log_interval", "50", "--gpu", "-1", "--seed", "1337"]
+              "300", "--val_interval", "100", "--log_interval", "50", "--gpu", TEST_GPU, "--seed", "1337"]
     sup, dr = str(tmp_path / "sup"), str(tmp_path / "dr")
     train_fully_supervised_ACDC.main(budget + ["--snapshot_dir", sup, "--batch_size", "4"])
     train_diffrect_ACDC.main(budget + ["--snapshot_dir", dr, "--batch_size", "8", "--labeled_bs", "4",
@@ -92,7 +93,7 @@ def test_diffrect_at_least_matches_supervised_with_the_same_budget(synthetic_roo
     scores = {}
     for name, snap in (("supervised", sup), ("diffrect", dr)):
         s = test_ACDC.main(["--root_path", synthetic_root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
-                            "--split", "test", "--gpu", "-1"])
+                            "--split", "test", "--gpu", TEST_GPU])
         scores[name] = s["mean"]["dice"]["mean"]
     assert scores["diffrect"] >= scores["supervised"], scores
 
@@ -107,8 +108,14 @@ def test_amp_bf16_trains_in_fp32_weights_and_fp16_needs_cuda(tiny_root, tmp_path
 
     state = torch.load(os.path.join(snap, "unet_best_model.pth"), weights_only=False)["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
-    if not torch.cuda.is_available():
+    fp16 = ["--root_path", tiny_root, "--snapshot_dir", str(tmp_path / "fp16"), *SMALL, "--max_iterations", "2",
+            "--val_interval", "2", "--amp", "fp16"]
+    if TEST_GPU == "-1" or not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--amp fp16 needs a CUDA GPU"):
-            train_fixmatch_ACDC.main(["--root_path", tiny_root, "--snapshot_dir", str(tmp_path / "fp16"), *SMALL,
-                                      "--amp", "fp16"])
+            train_fixmatch_ACDC.main(fp16)
         assert not (tmp_path / "fp16").exists()
+    else:  # on CUDA fp16 trains, with its gradient scaler saved for resume
+        train_fixmatch_ACDC.main(fp16)
+        terms = logged_terms(str(tmp_path / "fp16"))
+        assert len(terms["seg/sup"]) == 2 and all(math.isfinite(v) for vs in terms.values() for v in vs)
+        assert torch.load(str(tmp_path / "fp16" / "last.pth"), weights_only=False)["scaler"]["scale"] > 0
