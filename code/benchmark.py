@@ -127,7 +127,8 @@ def bench_one(method, a):
     generate_dataset(root, seed=0, n_train=8, n_val=1, n_test=1, size=tuple(a.patch_size))
     argv = ["--root_path", root, "--snapshot_dir", os.path.join(tmp, "snap"), "--labelnum", "3",
             "--batch_size", str(a.batch_size), "--labeled_bs", str(a.labeled_bs), "--patch_size",
-            *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000", "--amp", a.amp]
+            *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000", "--amp", a.amp,
+            "--deterministic", str(a.deterministic)]
     if method.startswith("diffrect"):
         argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
     args = script.parse_args(argv)
@@ -166,8 +167,32 @@ def bench_one(method, a):
     gflop = fc.get_total_flops() / 1e9
     peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"method": method, "device": str(dev), "sec_per_iter": med(excl), "sec_per_iter_with_data": med(incl),
-            "gflop_per_iter": gflop, "gflops": gflop / med(excl), "peak_mem_mb": peak_mem}
+    result = {"method": method, "device": str(dev), "sec_per_iter": med(excl), "sec_per_iter_with_data": med(incl),
+              "gflop_per_iter": gflop, "gflops": gflop / med(excl), "peak_mem_mb": peak_mem}
+    if a.profile:
+        result.update(profile_step(lambda: step(batch, a.warmup + a.iters + 2), dev, a.profile))
+    return result
+
+
+def profile_step(run_step, device, rows):
+    """torch.profiler over one step: the top `rows` ops by self time, and on CUDA the share of the step's wall
+    time the GPU spends in kernels (well below 1: the step is bound by Python and kernel launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        _sync(device)
+        t0 = time.perf_counter()
+        run_step()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    ops = prof.key_averages()
+    out = {"profile": ops.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=rows)}
+    if cuda:  # the kernels themselves (the ops above them carry the same time again), in microseconds
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", 0)]
+        kernel_s = sum(e.self_device_time_total for e in kernels) / 1e6
+        out.update(gpu_kernel_s=kernel_s, gpu_busy=kernel_s / wall, kernels=len(kernels))
+    return out
 
 
 def main(argv=None):
@@ -180,6 +205,10 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--gpu", type=int, default=0)
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="the training scripts' --amp")
+    p.add_argument("--deterministic", type=int, default=1, choices=[0, 1], help="the training scripts' "
+                   "--deterministic (0: cudnn.benchmark picks the fastest convolution kernels)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also profile one step per method and "
+                   "print its top ROWS ops (on CUDA with the GPU's busy share of the step)")
     p.add_argument("--out", default="benchmark.json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -191,8 +220,9 @@ def main(argv=None):
     rows = []
     for m in a.methods:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m, *sum([[f"--{k}", str(v)] for k, v in
-               [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters),
-                ("warmup", a.warmup), ("gpu", a.gpu), ("amp", a.amp)]], []), "--patch_size", *map(str, a.patch_size)]
+               [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters), ("warmup", a.warmup),
+                ("gpu", a.gpu), ("amp", a.amp), ("deterministic", a.deterministic), ("profile", a.profile)]], []),
+               "--patch_size", *map(str, a.patch_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         if out.returncode:
             raise SystemExit(f"benchmark of {m} failed:\n{out.stderr[-2000:]}")
@@ -206,14 +236,14 @@ def main(argv=None):
     for r in rows:
         r["efficiency"] = r["gflops"] / peak
     result = {"device": str(device), "torch": torch.__version__, "evaluation": ev, "threads": torch.get_num_threads(),
-              "cpu_features": cpu_features(), "amp": a.amp, "matmul_peak_gflops": peak,
+              "cpu_features": cpu_features(), "amp": a.amp, "deterministic": a.deterministic, "matmul_peak_gflops": peak,
               "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size,
               "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "conv_ceiling": convs}
     fix = next((r for r in rows if r["method"] == "fixmatch"), None)
     feats = result["cpu_features"]
     native_bf16 = result["native_bf16"] = device.type == "cuda" or feats["avx512_bf16"] or feats["amx_bf16"]
     print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s "
-          f"(start {peak_start:.0f}, end {peak_end:.0f}), --amp {a.amp} "
+          f"(start {peak_start:.0f}, end {peak_end:.0f}), --amp {a.amp}, --deterministic {a.deterministic} "
           f"(native bf16: {'yes' if native_bf16 else 'no'}), batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
     print(f"{'method':<17}{'s/it':>8}{'s/it+data':>11}{'GFLOP/it':>10}{'GFLOP/s':>9}{'eff.':>7}{'peak MB':>9}"
           f"{'x FixMatch':>11}")
@@ -222,6 +252,10 @@ def main(argv=None):
         print(f"{r['method']:<17}{r['sec_per_iter']:>8.3f}{r['sec_per_iter_with_data']:>11.3f}"
               f"{r['gflop_per_iter']:>10.1f}{r['gflops']:>9.1f}{r['efficiency']:>7.0%}{r['peak_mem_mb']:>9.0f}"
               f"{ratio:>11}")
+    for r in rows:
+        if "profile" in r:
+            busy = f", GPU busy {r['gpu_busy']:.0%} of the step ({r['kernels']} kernels)" if "gpu_busy" in r else ""
+            print(f"\nprofile of one {r['method']} step{busy}:\n{r['profile']}")
     print(f"evaluation of a {'x'.join(map(str, ev['volume']))} volume: forward passes {ev['forward_s']:.3f} s, with "
           f"the four metrics {ev['forward_and_metrics_s']:.3f} s ({ev['ratio']:.2f}x the forward passes)")
     print(f"3x3 convolutions of the U-Net alone (forward + backward, batch {a.batch_size}): "

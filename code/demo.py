@@ -19,6 +19,7 @@ def main(argv=None):
     p.add_argument("--max_iterations", type=int, default=240)
     p.add_argument("--exp", default="demo/DiffRect")
     p.add_argument("--gpu", default="0")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision of training")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(args.root_path, "train_slices.list")):
         print(f"generating the synthetic dataset in {args.root_path}")
@@ -28,7 +29,7 @@ def main(argv=None):
                               "--patch_size", "64", "64", "--batch_size", "8", "--labeled_bs", "4",
                               "--max_iterations", str(n), "--refine_start", str(n // 2), "--consistency_rampup",
                               str(max(1, n // 200)), "--val_interval", str(max(1, n // 4)), "--log_interval", "50",
-                              "--image_interval", str(max(1, n // 4)), "--save_images"])
+                              "--image_interval", str(max(1, n // 4)), "--save_images", "--amp", args.amp])
     return test_ACDC.main(["--root_path", args.root_path, "--exp", args.exp, "--labelnum", "3", "--split", "test",
                            "--gpu", args.gpu, "--overlays", "4"])
 
