@@ -1,0 +1,120 @@
+"""Pack a prepared dataset folder (SSL4MIS layout) into one compressed file, and unpack it again.
+
+A GPU machine may take only a small tree along (SPEC §8: 64 MiB), and real ACDC is 107 MB of float32 h5 files.
+Packed, every image is stored as 8-bit codes of its own [min, max] range (ACDC's images are min-max
+normalised to [0, 1], so the step is 1/255 and the largest error 1/510); labels and spacings are kept
+exactly, and so are the folder's `.list` files and `dataset.json`. Real ACDC (train slices + val) packs
+to 53 MiB.
+
+    python pack_dataset.py pack --root_path ../../shared/data/ACDC --out ../.gpu_data/ACDC.npz
+    python pack_dataset.py unpack --packed ../.gpu_data/ACDC.npz --root_path /tmp/ACDC
+
+Keep the packed file out of the repository (it is the data: e.g. a folder listed in .git/info/exclude).
+Results on an unpacked copy differ from the original's by the quantisation of the images.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from dataloaders.layout import atomic_folder, write_h5
+from utils.config import UsageError, run_main
+
+META_SUFFIXES = (".list", ".json")  # the folder's own small files, packed verbatim
+
+
+def quantize(image):
+    """float image -> (uint8 codes, float64 [lo, hi]) with image ≈ lo + codes * (hi - lo) / 255."""
+    lo, hi = float(image.min()), float(image.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("image has non-finite values")
+    scale = (hi - lo) / 255 or 1.0
+    return np.rint((image - lo) / scale).astype(np.uint8), np.array([lo, hi])
+
+
+def dequantize(codes, lo_hi):
+    lo, hi = lo_hi
+    return (lo + codes.astype(np.float64) * ((hi - lo) / 255)).astype(np.float32)
+
+
+def pack(root, out):
+    """Every .h5 under `root` (path kept relative) and the .list/.json files at its top -> one .npz."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"--root_path {root}: folder not found")
+    h5_files = sorted(root.rglob("*.h5"))
+    if not h5_files:
+        raise UsageError(f"--root_path {root}: no .h5 files; is this a prepared dataset folder?")
+    arrays, index = {}, []
+    for i, path in enumerate(h5_files):
+        rel = path.relative_to(root).as_posix()
+        try:
+            with h5py.File(path, "r") as f:
+                image, label = f["image"][()], f["label"][()]
+                spacing = [float(s) for s in f.attrs["spacing"]] if "spacing" in f.attrs else None
+        except (OSError, KeyError) as e:
+            raise UsageError(f"{path}: unreadable or without 'image'/'label' ({e})") from None
+        try:
+            arrays[f"i{i}"], arrays[f"r{i}"] = quantize(image)
+        except ValueError as e:
+            raise UsageError(f"{path}: {e}") from None
+        arrays[f"l{i}"] = label.astype(np.uint8)
+        index.append({"path": rel, "spacing": spacing})
+    meta = {p.name: p.read_text() for p in sorted(root.iterdir()) if p.is_file() and p.suffix in META_SUFFIXES}
+    arrays["index"] = np.frombuffer(json.dumps({"files": index, "meta": meta}).encode(), dtype=np.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, out)  # never a half-written pack under the final name
+    return {"files": len(index), "meta": sorted(meta), "bytes": out.stat().st_size}
+
+
+def unpack(packed, root, overwrite=False):
+    """The .npz of `pack` -> a dataset folder at `root` (built aside, renamed into place)."""
+    if not os.path.isfile(packed):
+        raise UsageError(f"--packed {packed}: file not found")
+    try:
+        z = np.load(packed)
+        index = json.loads(z["index"].tobytes().decode())
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"--packed {packed}: not a file written by pack_dataset.py ({e})") from None
+    try:
+        with atomic_folder(root, overwrite) as tmp:
+            for name, text in index["meta"].items():
+                (tmp / name).write_text(text)
+            for i, entry in enumerate(index["files"]):
+                path = tmp / entry["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_h5(path, dequantize(z[f"i{i}"], z[f"r{i}"]), z[f"l{i}"], entry["spacing"])
+    except ValueError as e:  # an existing folder without --overwrite
+        raise UsageError(f"--root_path {root}: {e}") from None
+    return {"files": len(index["files"]), "meta": sorted(index["meta"])}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("pack", help="dataset folder -> one .npz")
+    a.add_argument("--root_path", required=True, help="the prepared dataset folder")
+    a.add_argument("--out", required=True, help="the .npz to write")
+    b = sub.add_parser("unpack", help="one .npz -> dataset folder")
+    b.add_argument("--packed", required=True, help="a .npz written by 'pack'")
+    b.add_argument("--root_path", required=True, help="the dataset folder to create")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    args = p.parse_args(argv)
+    if args.command == "pack":
+        r = pack(args.root_path, args.out)
+        print(f"packed {r['files']} h5 files and {', '.join(r['meta']) or 'no list files'} into {args.out} "
+              f"({r['bytes'] / 2 ** 20:.1f} MiB)")
+    else:
+        r = unpack(args.packed, args.root_path, args.overwrite)
+        print(f"unpacked {r['files']} h5 files and {', '.join(r['meta']) or 'no list files'} into {args.root_path}")
+    return r
+
+
+if __name__ == "__main__":
+    run_main(main)
