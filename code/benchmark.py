@@ -176,7 +176,7 @@ def bench_one(method, a):
 
 def profile_step(run_step, device, rows):
     """torch.profiler over one step: the top `rows` ops by self time, and on CUDA the share of the step's wall
-    time the GPU spends in kernels (well below 1: the step is bound by Python and kernel launches)."""
+    time the GPU spends in kernels (below 1 where the step is bound by Python and kernel launches)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -189,7 +189,8 @@ def profile_step(run_step, device, rows):
     ops = prof.key_averages()
     out = {"profile": ops.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=rows)}
     if cuda:  # the kernels themselves (the ops above them carry the same time again), in microseconds
-        kernels = [e for e in prof.events() if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", 0)]
+        kernels = [e for e in prof.events()
+                   if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False)]
         kernel_s = sum(e.self_device_time_total for e in kernels) / 1e6
         out.update(gpu_kernel_s=kernel_s, gpu_busy=kernel_s / wall, kernels=len(kernels))
     return out
