@@ -237,8 +237,8 @@ def main(argv=None):
     for r in rows:
         r["efficiency"] = r["gflops"] / peak
     result = {"device": str(device), "torch": torch.__version__, "evaluation": ev, "threads": torch.get_num_threads(),
-              "cpu_features": cpu_features(), "amp": a.amp, "deterministic": a.deterministic, "matmul_peak_gflops": peak,
-              "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size,
+              "cpu_features": cpu_features(), "amp": a.amp, "deterministic": a.deterministic,
+              "matmul_peak_gflops": peak, "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size,
               "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "conv_ceiling": convs}
     fix = next((r for r in rows if r["method"] == "fixmatch"), None)
     feats = result["cpu_features"]
