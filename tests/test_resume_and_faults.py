@@ -34,6 +34,14 @@ def max_weight_diff(a, b):
     return max((a[n][k].float() - b[n][k].float()).abs().max().item() for n in a for k in a[n])
 
 
+def straight_runs(run, first, again):
+    """run(snapshot_dir) into `first`, and on CUDA into `again` too -> how far apart two identical runs end
+    (0 on the CPU, where they are equal)."""
+    for snap in (first, again) if ON_CUDA else (first,):
+        run(snap)
+    return max_weight_diff(*(weights(os.path.join(s, "last.pth")) for s in (first, again))) if ON_CUDA else 0.0
+
+
 def assert_same_state(a, b, run_to_run=0.0):
     """Weights equal up to 1e-6, or (on CUDA) up to 10x the difference `run_to_run` of two straight runs."""
     diff, tol = max_weight_diff(a, b), max(1e-6, 10 * run_to_run)
@@ -45,9 +53,8 @@ def test_sigkill_then_resume_continues_the_same_trajectory(tiny_root, tmp_path):
               "--patch_size", "32", "32", "--batch_size", "4", "--max_iterations", "30", "--val_interval", "5",
               "--log_interval", "5", "--gpu", TEST_GPU]
     straight, killed, again = str(tmp_path / "straight"), str(tmp_path / "killed"), str(tmp_path / "again")
-    for snap in (straight, again) if ON_CUDA else (straight,):
-        subprocess.run(common + ["--snapshot_dir", snap], check=True, capture_output=True)
-    run_to_run = max_weight_diff(*(weights(os.path.join(s, "last.pth")) for s in (straight, again))) if ON_CUDA else 0
+    run_to_run = straight_runs(lambda snap: subprocess.run(common + ["--snapshot_dir", snap], check=True,
+                                                           capture_output=True), straight, again)
     proc = subprocess.Popen(common + ["--snapshot_dir", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = os.path.join(killed, "last.pth")
     deadline = time.time() + 120
@@ -68,9 +75,8 @@ def test_diffrect_resume_equals_straight_run(tiny_root, tmp_path):
             "--refine_start", "2", "--val_interval", "3", "--gpu", TEST_GPU, "--consistency_rampup", "0",
             "--cg", "random"]
     a, b, again = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "again")
-    for snap in (a, again) if ON_CUDA else (a,):
-        train_diffrect_ACDC.main(args + ["--snapshot_dir", snap, "--max_iterations", "6"])
-    run_to_run = max_weight_diff(*(weights(os.path.join(s, "last.pth")) for s in (a, again))) if ON_CUDA else 0
+    run_to_run = straight_runs(lambda snap: train_diffrect_ACDC.main(args + ["--snapshot_dir", snap, "--max_iterations",
+                                                                            "6"]), a, again)
     train_diffrect_ACDC.main(args + ["--snapshot_dir", b, "--max_iterations", "6", "--max_run_iterations", "3"])
     assert torch.load(os.path.join(b, "last.pth"), weights_only=False)["iteration"] == 3
     train_diffrect_ACDC.main(args + ["--snapshot_dir", b, "--max_iterations", "6"])
