@@ -33,8 +33,8 @@ class Dropout(nn.Dropout):
     On CPU torch draws the mask with bernoulli_, one generator call per element, which took 8-9 % of a whole
     DiffRect step (torch 2.13, 2 cores). Here each 64-bit draw of the same (seeded) generator gives four
     uniform 16-bit integers, and an element is kept where its integer clears the threshold: keep probability
-    1 - p with p rounded to a multiple of 1/65536, 3-4x faster. Same distribution, different draws, so CPU runs
-    differ from nn.Dropout's bit for bit. CUDA keeps torch's fused dropout kernel.
+    1 - p with p rounded to a multiple of 1/65536; forward + backward 2-3x faster. Same distribution, other
+    draws, so CPU runs differ from nn.Dropout's bit for bit. CUDA keeps torch's fused dropout kernel.
     """
 
     def forward(self, x):
