@@ -4,12 +4,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from medpy.metric import binary as mb
 from scipy.ndimage import gaussian_filter
 
 from utils.metrics import (
     binary_metrics,
     case_metrics,
+    class_pool,
     format_table,
     summarize,
     surface_distance_metrics,
@@ -248,6 +250,49 @@ def test_case_metrics_four_classes():
     assert res[3]["case"] == "both_empty" and res[3]["dice"] == 1.0
     res = case_metrics(np.where(gt == 3, 0, gt), (gt == 1).astype(np.int64), 4)
     assert [r["case"] for r in res] == ["ok", "gt_empty", "both_empty"]
+
+
+def test_case_metrics_threaded_equals_sequential():
+    rng = np.random.default_rng(5)
+    shape = (6, 40, 40)
+    vol_p = np.zeros(shape, dtype=np.int64)
+    vol_g = np.zeros(shape, dtype=np.int64)
+    for c in (1, 2, 3):
+        vol_p[_blob(rng, shape, 2.0, 0.8)] = c
+        vol_g[_blob(rng, shape, 2.0, 0.8)] = c
+    vol_p[vol_p == 3] = 0  # one class missed: the empty-case path runs in a thread too
+    with class_pool(4) as pool:
+        threaded = case_metrics(vol_p, vol_g, 4, spacing=(5.0, 1.0, 1.0), class_names=["RV", "Myo", "LV"],
+                                executor=pool)
+    assert threaded == case_metrics(vol_p, vol_g, 4, spacing=(5.0, 1.0, 1.0), class_names=["RV", "Myo", "LV"])
+    assert [r["class"] for r in threaded] == ["RV", "Myo", "LV"] and threaded[2]["case"] == "pred_empty"
+
+
+class _EchoNet(torch.nn.Module):
+    """A 'network' whose logits put class k where the image equals k: predicts the label it is given."""
+
+    def forward(self, x):  # (B, 1, H, W) -> (B, 4, H, W)
+        return torch.cat([(x == k).float() for k in range(4)], dim=1)
+
+
+def test_evaluate_scores_every_volume_in_order_and_reraises():
+    from utils.evaluation import evaluate
+
+    vols = []
+    for i in range(5):
+        label = np.zeros((3, 16, 16), dtype=np.uint8)
+        label[:, 2:8 + i, 3:9] = 1 + i % 3
+        vols.append((f"case{i}", label.astype(np.float32), label, None))
+    net = _EchoNet()
+    summary, cases = evaluate(net, vols, (16, 16), torch.device("cpu"), 4, keep_predictions=True)
+    assert [c["name"] for c in cases] == [f"case{i}" for i in range(5)]
+    for (name, _, label, _), c in zip(vols, cases):
+        np.testing.assert_array_equal(c["prediction"], label)
+        assert c["metrics"] == case_metrics(label, label, 4)
+    assert summary["num_cases"] == 5
+    bad = vols[:2] + [("bad", vols[2][1], np.full((3, 16, 16), 7, np.uint8), None)]
+    with pytest.raises(ValueError, match="gt_vol has labels"):
+        evaluate(net, bad, (16, 16), torch.device("cpu"), 4)
 
 
 # --------------------------------------------------------------------------- #

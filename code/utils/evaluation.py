@@ -2,12 +2,16 @@
 
 Per volume: each slice resized to the training patch (linear), batched through the network, argmax,
 resized back (nearest); then Dice / Jaccard / HD95 / ASD per foreground class on the 3-D volume.
+Scoring runs in threads beside the network: a volume's metrics are computed while the next volume goes
+through the network, and its classes are scored in parallel (scipy and numpy release the GIL there).
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 import torch
 
-from utils.metrics import case_metrics, summarize
+from utils.metrics import case_metrics, class_pool, summarize
 
 
 @torch.no_grad()
@@ -35,15 +39,17 @@ def evaluate(model, volumes, patch_size, device, num_classes, class_names=None, 
     was_training = model.training
     model.eval()
     cases = []
-    try:
-        for i in range(len(volumes)):
-            name, image, label, spacing = volumes[i]
-            pred = predict_volume(model, image, patch_size, device, batch_size)
-            m = case_metrics(pred, label, num_classes, spacing if use_spacing else None, class_names)
-            case = {"name": name, "metrics": m}
-            if keep_predictions:
-                case["prediction"] = pred
-            cases.append(case)
-    finally:
-        model.train(was_training)
+    # one scorer thread (volumes in order, overlapping the next forward), class threads under it
+    with ThreadPoolExecutor(1, thread_name_prefix="scorer") as scorer, class_pool(num_classes) as per_class:
+        try:
+            for i in range(len(volumes)):
+                name, image, label, spacing = volumes[i]
+                pred = predict_volume(model, image, patch_size, device, batch_size)
+                metrics = scorer.submit(case_metrics, pred, label, num_classes, spacing if use_spacing else None,
+                                        class_names, executor=per_class)
+                cases.append({"name": name, "metrics": metrics, **({"prediction": pred} if keep_predictions else {})})
+        finally:
+            model.train(was_training)
+        for case in cases:
+            case["metrics"] = case["metrics"].result()  # re-raises a scoring error (e.g. a bad label)
     return summarize([c["metrics"] for c in cases]), cases
