@@ -83,6 +83,30 @@ def test_diffrect_resume_equals_straight_run(tiny_root, tmp_path):
     assert_same_state(weights(os.path.join(a, "last.pth")), weights(os.path.join(b, "last.pth")), run_to_run)
 
 
+def test_loader_workers_give_the_same_training(tiny_root, tmp_path):
+    """Each item carries its own augmentation seed, so worker processes change where batches are made, not what
+    they hold: FixMatch (weak + strong views) ends with the same weights in the main process and with 2 workers."""
+    import train_fixmatch_ACDC
+
+    base = ["--root_path", tiny_root, "--patch_size", "32", "32", "--batch_size", "4", "--labeled_bs", "2",
+            "--max_iterations", "4", "--val_interval", "4", "--gpu", TEST_GPU]
+    run_to_run = straight_runs(lambda snap: train_fixmatch_ACDC.main(base + ["--snapshot_dir", snap, "--num_workers", "0"]),
+                               str(tmp_path / "main"), str(tmp_path / "again"))
+    train_fixmatch_ACDC.main(base + ["--snapshot_dir", str(tmp_path / "workers"), "--num_workers", "2"])
+    assert_same_state(weights(str(tmp_path / "main" / "last.pth")), weights(str(tmp_path / "workers" / "last.pth")),
+                      run_to_run)
+
+
+def test_automatic_loader_workers():
+    from utils.config import loader_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers(3, torch.device("cpu")) == 3  # as given
+    assert loader_workers(-1, torch.device("cpu")) == 0  # the CPU's cores run the step
+    assert loader_workers(-1, torch.device("cuda", 0)) == max(0, min(4, cores - 1))
+    assert loader_workers(-1, torch.device("cuda", 0), local_world_size=cores) == 0  # a core per rank: none left
+
+
 def test_no_resume_refuses_and_resume_path_must_exist(tiny_root, tmp_path):
     snap = str(tmp_path / "s")
     args = ["--root_path", tiny_root, "--patch_size", "32", "32", "--batch_size", "4", "--max_iterations", "2",
@@ -191,6 +215,7 @@ def test_bad_flags_and_paths(tiny_root, tmp_path):
         (["--labelnum", "5"], "--labelnum 5 is not in the synthetic_ACDC table"),
         (["--labeled_bs", "8", "--batch_size", "8"], "--labeled_bs 8 must be in [1, --batch_size 8)"),
         (["--patch_size", "100", "100"], "--patch_size 100 100: both sides must be positive multiples of 16"),
+        (["--num_workers", "-2"], "--num_workers -2: use 0 or more, or -1 for automatic"),
     ]
     for extra, expect in cases:
         r = _cli("train_diffrect_ACDC.py", *base, *extra)

@@ -27,7 +27,9 @@ def training_parser(description, models=None, **defaults):
     g.add_argument("--labelnum", type=int, default=3, help="labeled patients; the first N slices of the table")
     g.add_argument("--num_classes", type=int, default=None, help="default: from the dataset description")
     g.add_argument("--patch_size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
-    g.add_argument("--num_workers", type=int, default=0, help="data loader processes (0: in the main process)")
+    g.add_argument("--num_workers", type=int, default=-1,
+                   help="data loader processes; 0: in the main process; -1: 0 on a CPU (the loader is <1%% of a step "
+                   "there and workers would take cores from it), on CUDA up to 4 per process, one core left free")
     g.add_argument("--skip_bad_samples", action="store_true", help="drop unreadable slices instead of stopping")
     g = p.add_argument_group("optimisation")
     g.add_argument("--exp", default="ACDC/Experiment", help="experiment name: model/{exp}_{labelnum}_labeled/")
@@ -92,6 +94,8 @@ def check_args(args):
         raise UsageError(f"--model {args.model!r} is unknown; choose one of {sorted(NETWORKS)}")
     if args.max_iterations <= 0:
         raise UsageError("--max_iterations must be positive")
+    if args.num_workers < -1:
+        raise UsageError(f"--num_workers {args.num_workers}: use 0 or more, or -1 for automatic")
     if args.val_interval <= 0 or args.log_interval <= 0:
         raise UsageError("--val_interval and --log_interval must be positive")
     if not os.path.isdir(args.root_path):
@@ -100,6 +104,18 @@ def check_args(args):
     if args.checkpoint_interval is None:
         args.checkpoint_interval = args.val_interval
     return args
+
+
+def loader_workers(requested, device, local_world_size=1):
+    """--num_workers -> processes: as given when >= 0; automatic (-1): none on a CPU, whose cores the step uses,
+    and on CUDA min(4, cores per process - 1), which takes augmentation off the main thread that feeds the GPU.
+    The batches are the same either way (each item carries its own augmentation seed)."""
+    if requested >= 0:
+        return requested
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores // max(1, local_world_size) - 1))
 
 
 def select_device(gpu, log=print):

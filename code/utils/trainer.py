@@ -30,7 +30,7 @@ from dataloaders.datasets import labeled_slice_count, load_dataset_info
 from dataloaders.sampler import TwoStreamBatchSampler
 from utils.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint, load_state, rng_state, \
     set_rng_state
-from utils.config import PROJECT_ROOT, UsageError, check_args, select_device
+from utils.config import PROJECT_ROOT, UsageError, check_args, loader_workers, select_device
 from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, replicas_differ
 from utils.evaluation import evaluate
 from utils.ramps import poly_lr
@@ -94,6 +94,7 @@ class TrainingRun:
             self.device = select_device(args.gpu, notes.append)
         if args.amp == "fp16" and self.device.type != "cuda":
             raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (fast only with AVX512-BF16/AMX)")
+        self.workers = loader_workers(args.num_workers, self.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
         self.scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
         os.makedirs(self.snapshot, exist_ok=True)
@@ -109,7 +110,8 @@ class TrainingRun:
                 json.dump(vars(args), f, indent=2, sort_keys=True)
             self.logger.info("config: " + json.dumps(vars(args), sort_keys=True))
             self.logger.info(f"{len(self.labeled_idx)} labeled / {len(self.unlabeled_idx)} unlabeled slices, "
-                             f"{len(self.val_set)} val volumes, device {self.device}, snapshot {self.snapshot}")
+                             f"{len(self.val_set)} val volumes, device {self.device}, {self.workers} loader workers, "
+                             f"snapshot {self.snapshot}")
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _resume_source(self):
@@ -150,9 +152,9 @@ class TrainingRun:
     def loader(self, start):
         a = self.args
         # own generator: creating the loader must not draw from the global RNG (resume would shift dropout)
-        return DataLoader(self.train_set, batch_sampler=self._sampler(start), num_workers=a.num_workers,
+        return DataLoader(self.train_set, batch_sampler=self._sampler(start), num_workers=self.workers,
                           generator=torch.Generator().manual_seed(a.seed + start),
-                          pin_memory=self.device.type == "cuda", persistent_workers=a.num_workers > 0)
+                          pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
 
     # ------------------------------------------------------------------------------------------ step helpers
     def wrap(self, net, find_unused=False):
