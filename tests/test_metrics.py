@@ -108,6 +108,17 @@ def _blob(rng, shape, sigma, thr):
     return f / f.std() > thr  # thr in units of the smoothed field's std
 
 
+def _label_volumes(seed, shape):
+    """A prediction and a ground truth, each with random blobs of classes 1, 2, 3 (later ones on top)."""
+    rng = np.random.default_rng(seed)
+    vol_p = np.zeros(shape, dtype=np.int64)
+    vol_g = np.zeros(shape, dtype=np.int64)
+    for c in (1, 2, 3):
+        vol_p[_blob(rng, shape, 2.0, 0.8)] = c
+        vol_g[_blob(rng, shape, 2.0, 0.8)] = c
+    return vol_p, vol_g
+
+
 @pytest.mark.parametrize("spacing", [None, (1.0, 1.0, 1.0), (5.0, 1.2, 0.7), (0.3, 2.0, 1.1)])
 def test_fast_surface_distances_equal_medpy_3d(spacing):
     rng = np.random.default_rng(0)
@@ -138,13 +149,7 @@ def test_fast_surface_distances_equal_medpy_2d_small_blobs(spacing):
 
 
 def test_case_metrics_fast_equals_medpy_path():
-    rng = np.random.default_rng(2)
-    shape = (8, 30, 30)
-    vol_p = np.zeros(shape, dtype=np.int64)
-    vol_g = np.zeros(shape, dtype=np.int64)
-    for c in (1, 2, 3):
-        vol_p[_blob(rng, shape, 2.0, 0.8)] = c
-        vol_g[_blob(rng, shape, 2.0, 0.8)] = c
+    vol_p, vol_g = _label_volumes(2, (8, 30, 30))
     sp = (6.0, 1.3, 1.3)
     fast = case_metrics(vol_p, vol_g, 4, spacing=sp, fast=True)
     slow = case_metrics(vol_p, vol_g, 4, spacing=sp, fast=False)
@@ -253,13 +258,7 @@ def test_case_metrics_four_classes():
 
 
 def test_case_metrics_threaded_equals_sequential():
-    rng = np.random.default_rng(5)
-    shape = (6, 40, 40)
-    vol_p = np.zeros(shape, dtype=np.int64)
-    vol_g = np.zeros(shape, dtype=np.int64)
-    for c in (1, 2, 3):
-        vol_p[_blob(rng, shape, 2.0, 0.8)] = c
-        vol_g[_blob(rng, shape, 2.0, 0.8)] = c
+    vol_p, vol_g = _label_volumes(5, (6, 40, 40))
     vol_p[vol_p == 3] = 0  # one class missed: the empty-case path runs in a thread too
     with class_pool(4) as pool:
         threaded = case_metrics(vol_p, vol_g, 4, spacing=(5.0, 1.0, 1.0), class_names=["RV", "Myo", "LV"],
