@@ -19,6 +19,11 @@ def distributed_env():
             int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def local_world_size():
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE): they share its cores. 1 for a plain run."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def init_process_group(device):
     """NCCL on CUDA, gloo on CPU; a no-op when a group already exists (tests, notebooks)."""
     if not dist.is_initialized():

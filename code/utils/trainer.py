@@ -31,7 +31,8 @@ from dataloaders.sampler import TwoStreamBatchSampler
 from utils.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint, load_state, rng_state, \
     set_rng_state
 from utils.config import PROJECT_ROOT, UsageError, check_args, loader_workers, select_device
-from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, replicas_differ
+from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, local_world_size, \
+    replicas_differ
 from utils.evaluation import evaluate
 from utils.ramps import poly_lr
 
@@ -94,7 +95,7 @@ class TrainingRun:
             self.device = select_device(args.gpu, notes.append)
         if args.amp == "fp16" and self.device.type != "cuda":
             raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (fast only with AVX512-BF16/AMX)")
-        self.workers = loader_workers(args.num_workers, self.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        self.workers = loader_workers(args.num_workers, self.device, local_world_size())
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
         self.scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
         os.makedirs(self.snapshot, exist_ok=True)
