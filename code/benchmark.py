@@ -129,7 +129,7 @@ def bench_one(method, a):
     argv = ["--root_path", root, "--snapshot_dir", os.path.join(tmp, "snap"), "--labelnum", "3",
             "--batch_size", str(a.batch_size), "--labeled_bs", str(a.labeled_bs), "--patch_size",
             *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000", "--amp", a.amp,
-            "--deterministic", str(a.deterministic)]
+            "--deterministic", str(a.deterministic), "--compile", str(a.compile)]
     if method.startswith("diffrect"):
         argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
     args = script.parse_args(argv)
@@ -209,6 +209,8 @@ def main(argv=None):
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="the training scripts' --amp")
     p.add_argument("--deterministic", type=int, default=1, choices=[0, 1], help="the training scripts' "
                    "--deterministic (0: cudnn.benchmark picks the fastest convolution kernels)")
+    p.add_argument("--compile", type=int, default=0, choices=[0, 1],
+                   help="the training scripts' --compile (give --warmup enough steps to compile: 5 or more)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also profile one step per method and "
                    "print its top ROWS ops (on CUDA with the GPU's busy share of the step)")
     p.add_argument("--out", default="benchmark.json")
@@ -219,17 +221,19 @@ def main(argv=None):
         return None
     device = torch.device("cuda", a.gpu) if a.gpu >= 0 and torch.cuda.is_available() else torch.device("cpu")
     peak_start = matmul_peak(device)
-    rows = []
+    rows, failed = [], {}
     for m in a.methods:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m, *sum([[f"--{k}", str(v)] for k, v in
                [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters), ("warmup", a.warmup),
-                ("gpu", a.gpu), ("amp", a.amp), ("deterministic", a.deterministic), ("profile", a.profile)]], []),
+                ("gpu", a.gpu), ("amp", a.amp), ("deterministic", a.deterministic), ("compile", a.compile),
+                ("profile", a.profile)]], []),
                "--patch_size", *map(str, a.patch_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-        if out.returncode:
-            raise SystemExit(f"benchmark of {m} failed:\n{out.stderr[-2000:]}")
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(r)
+        if out.returncode:  # the other methods still run and print; the failure is reported with them
+            failed[m] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit code {out.returncode}"
+            print(f"benchmark of {m} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     ev = bench_eval(device, tuple(a.patch_size))
     convs = bench_convs(device, a.batch_size, tuple(a.patch_size))
     # measured at both ends, the higher counts: on a shared machine a neighbour can depress one measurement
@@ -238,14 +242,16 @@ def main(argv=None):
     for r in rows:
         r["efficiency"] = r["gflops"] / peak
     result = {"device": str(device), "torch": torch.__version__, "evaluation": ev, "threads": torch.get_num_threads(),
-              "cpu_features": cpu_features(), "amp": a.amp, "deterministic": a.deterministic,
+              "cpu_features": cpu_features(), "amp": a.amp, "deterministic": a.deterministic, "compile": a.compile,
               "matmul_peak_gflops": peak, "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size,
-              "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "conv_ceiling": convs}
+              "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "failed": failed,
+              "conv_ceiling": convs}
     fix = next((r for r in rows if r["method"] == "fixmatch"), None)
     feats = result["cpu_features"]
     native_bf16 = result["native_bf16"] = device.type == "cuda" or feats["avx512_bf16"] or feats["amx_bf16"]
     print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s "
-          f"(start {peak_start:.0f}, end {peak_end:.0f}), --amp {a.amp}, --deterministic {a.deterministic} "
+          f"(start {peak_start:.0f}, end {peak_end:.0f}), --amp {a.amp}, --deterministic {a.deterministic}, "
+          f"--compile {a.compile} "
           f"(native bf16: {'yes' if native_bf16 else 'no'}), batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
     print(f"{'method':<17}{'s/it':>8}{'s/it+data':>11}{'GFLOP/it':>10}{'GFLOP/s':>9}{'eff.':>7}{'peak MB':>9}"
           f"{'x FixMatch':>11}")
@@ -254,6 +260,8 @@ def main(argv=None):
         print(f"{r['method']:<17}{r['sec_per_iter']:>8.3f}{r['sec_per_iter_with_data']:>11.3f}"
               f"{r['gflop_per_iter']:>10.1f}{r['gflops']:>9.1f}{r['efficiency']:>7.0%}{r['peak_mem_mb']:>9.0f}"
               f"{ratio:>11}")
+    for m, why in failed.items():
+        print(f"{m:<17}failed: {why}")
     for r in rows:
         if "profile" in r:
             busy = f", GPU busy {r['gpu_busy']:.0%} of the step ({r['kernels']} kernels)" if "gpu_busy" in r else ""
@@ -266,6 +274,8 @@ def main(argv=None):
           f"{convs['unet_conv_gflops'] / peak:.0%} of the peak (the ceiling for a step made of them)")
     with open(a.out, "w") as f:
         json.dump(result, f, indent=2)
+    if failed:
+        raise SystemExit(f"benchmark of {', '.join(failed)} failed (see above); the others are in {a.out}")
     return result
 
 

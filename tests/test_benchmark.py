@@ -19,3 +19,19 @@ def test_eval_timing_reports_forward_and_metrics():
     r = benchmark.bench_eval(torch.device("cpu"), (32, 32), depth=3, reps=1)
     assert r["volume"] == [3, 32, 32]
     assert 0 < r["forward_s"] <= r["forward_and_metrics_s"] and r["ratio"] >= 1.0
+
+
+def test_a_failing_method_is_reported_beside_the_others(tmp_path, capsys):
+    """labeled_bs == batch_size leaves FixMatch no unlabeled slice: it fails, supervised is still measured."""
+    import json
+
+    import pytest
+
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit, match="benchmark of fixmatch failed"):
+        benchmark.main(["--methods", "supervised", "fixmatch", "--batch_size", "2", "--labeled_bs", "2",
+                        "--patch_size", "48", "48", "--iters", "1", "--warmup", "1", "--gpu", "-1", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert [m["method"] for m in r["methods"]] == ["supervised"] and r["methods"][0]["sec_per_iter"] > 0
+    assert list(r["failed"]) == ["fixmatch"] and "labeled_bs" in r["failed"]["fixmatch"]
+    assert "fixmatch         failed:" in capsys.readouterr().out

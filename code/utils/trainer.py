@@ -11,6 +11,7 @@ its named loss terms, and hands both to `TrainingRun.fit`. Everything else lives
 - non-finite losses skip their step (counted); more than `--max_nonfinite` in a row stops the run after
   saving the last good state.
 """
+import contextlib
 import csv
 import json
 import logging
@@ -22,6 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -56,6 +58,16 @@ def seed_everything(seed, deterministic):
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = bool(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def compile_in_place(net):
+    """torch.compile `net`'s forward in place (nn.Module.compile); a network without its own forward (called only
+    through methods) gets each child's forward compiled instead. -> the compiled modules."""
+    defines_forward = lambda m: type(m).forward is not nn.Module.forward
+    parts = [net] if defines_forward(net) else [m for m in net.children() if defines_forward(m)]
+    for m in parts:
+        m.compile()
+    return parts
 
 
 class TrainingRun:
@@ -161,7 +173,11 @@ class TrainingRun:
     def wrap(self, net, find_unused=False):
         """The network as the train step should call it: itself in a plain run, in DistributedDataParallel under
         torchrun (SyncBatchNorm on CUDA). Build optimizers, state and evaluation on `net` itself. find_unused:
-        some parameters may get no gradient in a step (DDP must then look for them)."""
+        some parameters may get no gradient in a step (DDP must then look for them). With --compile the
+        network's forward (or, for one called only through its methods such as the rectifier, each child's
+        forward) is compiled in place: parameters and state dicts stay those of `net`."""
+        if self.args.compile:
+            compile_in_place(net)
         return DistributedNet(net, self.device, find_unused) if self.distributed else net
 
     def step(self, train_step, batch, iteration):
@@ -307,8 +323,10 @@ class TrainingRun:
     def _validate(self, iteration, eval_model, models, curve, best):
         """Score val, log it, extend the curve; save the best checkpoint on a new best mean Dice."""
         a = self.args
-        summary, _ = evaluate(eval_model, self.val_set, a.patch_size, self.device, self.num_classes,
-                              self.info.class_names)
+        # --compile: validation runs eager (no recompiling for eval mode and every volume's slice count)
+        with torch.compiler.set_stance("force_eager") if a.compile else contextlib.nullcontext():
+            summary, _ = evaluate(eval_model, self.val_set, a.patch_size, self.device, self.num_classes,
+                                  self.info.class_names)
         row = {"iteration": iteration, **{k: summary["mean"][k]["mean"] for k in ("dice", "jaccard", "hd95", "asd")}}
         curve.append(row)
         for k in ("dice", "jaccard", "hd95", "asd"):
