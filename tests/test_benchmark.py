@@ -1,4 +1,7 @@
 """benchmark.py's measuring pieces on a tiny size (timings themselves are not asserted: they are machine facts)."""
+import json
+
+import pytest
 import torch
 
 import benchmark
@@ -23,10 +26,6 @@ def test_eval_timing_reports_forward_and_metrics():
 
 def test_a_failing_method_is_reported_beside_the_others(tmp_path, capsys):
     """labeled_bs == batch_size leaves FixMatch no unlabeled slice: it fails, supervised is still measured."""
-    import json
-
-    import pytest
-
     out = tmp_path / "bench.json"
     with pytest.raises(SystemExit, match="benchmark of fixmatch failed"):
         benchmark.main(["--methods", "supervised", "fixmatch", "--batch_size", "2", "--labeled_bs", "2",
