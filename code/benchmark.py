@@ -48,7 +48,7 @@ def cpu_features():
     return {k: k in flags.split() for k in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
 
 
-def bench_eval(device, patch_size, depth=10, reps=3):
+def bench_eval(device, patch_size, channels_last, depth=10, reps=3):
     """Seconds to evaluate one (depth, H, W) volume: the network's forward passes alone, and forward passes +
     the four metrics (Dice, Jaccard, HD95, ASD per class) as validation and test_ACDC.py run them. The
     prediction is a trained-looking one (the ground truth shifted by 2 pixels), since an untrained network's
@@ -57,11 +57,12 @@ def bench_eval(device, patch_size, depth=10, reps=3):
 
     from dataloaders.synthetic import make_volume
     from networks.unet import UNet
+    from utils.config import memory_format
     from utils.evaluation import predict_volume
     from utils.metrics import case_metrics, class_pool
 
     image, label = make_volume(np.random.default_rng(0), depth, *patch_size)
-    net = UNet(1, 4).to(device).eval()
+    net = UNet(1, 4).to(device, memory_format=memory_format(channels_last, device)).eval()  # as test_ACDC.py
     pred = np.roll(label, 2, axis=2)
     best_fwd, best_all = float("inf"), float("inf")
     with class_pool(4) as per_class:  # the classes in parallel threads, as evaluate() scores them
@@ -76,10 +77,13 @@ def bench_eval(device, patch_size, depth=10, reps=3):
             "ratio": best_all / best_fwd}
 
 
-def bench_convs(device, batch_size, patch_size, reps=3):
-    """Forward+backward GFLOP/s of each 3x3 conv shape of the U-Net run alone, and the whole U-Net's convs at
-    those speeds. -> {"shapes": [...], "unet_conv_gflops": float}."""
+def bench_convs(device, batch_size, patch_size, channels_last, reps=3):
+    """Forward+backward GFLOP/s of each 3x3 conv shape of the U-Net run alone (in the training scripts' memory
+    format), and the whole U-Net's convs at those speeds. -> {"shapes": [...], "unet_conv_gflops": float}."""
     from networks.unet import UNet
+    from utils.config import memory_format
+
+    fmt = memory_format(channels_last, device)
 
     net, shapes = UNet(1, 4), Counter()  # (in, out, h, w) -> how many convs of the U-Net have it
 
@@ -94,9 +98,10 @@ def bench_convs(device, batch_size, patch_size, reps=3):
         h.remove()
     rows, total_flop, total_s = [], 0.0, 0.0
     for (cin, cout, h, w), n in sorted(shapes.items(), key=lambda kv: (-kv[0][2], kv[0][:2])):
-        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(device)
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(device, memory_format=fmt)
         is_image = (cin, h, w) == (1, *patch_size)  # the input conv: no gradient w.r.t. the image
-        x = torch.randn(batch_size, cin, h, w, device=device, requires_grad=not is_image)
+        x = torch.randn(batch_size, cin, h, w, device=device).contiguous(memory_format=fmt)
+        x.requires_grad_(not is_image)
         best = float("inf")
         for _ in range(reps + 1):
             _sync(device)
@@ -129,7 +134,8 @@ def bench_one(method, a):
     argv = ["--root_path", root, "--snapshot_dir", os.path.join(tmp, "snap"), "--labelnum", "3",
             "--batch_size", str(a.batch_size), "--labeled_bs", str(a.labeled_bs), "--patch_size",
             *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000", "--amp", a.amp,
-            "--deterministic", str(a.deterministic), "--compile", str(a.compile)]
+            "--deterministic", str(a.deterministic), "--compile", str(a.compile),
+            "--channels_last", str(a.channels_last)]
     if method.startswith("diffrect"):
         argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
     args = script.parse_args(argv)
@@ -211,6 +217,8 @@ def main(argv=None):
                    "--deterministic (0: cudnn.benchmark picks the fastest convolution kernels)")
     p.add_argument("--compile", type=int, default=0, choices=[0, 1],
                    help="the training scripts' --compile (give --warmup enough steps to compile: 5 or more)")
+    p.add_argument("--channels_last", type=int, default=-1, choices=[-1, 0, 1],
+                   help="the training scripts' --channels_last (-1: on a CPU only)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also profile one step per method and "
                    "print its top ROWS ops (on CUDA with the GPU's busy share of the step)")
     p.add_argument("--out", default="benchmark.json")
@@ -226,7 +234,7 @@ def main(argv=None):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m, *sum([[f"--{k}", str(v)] for k, v in
                [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters), ("warmup", a.warmup),
                 ("gpu", a.gpu), ("amp", a.amp), ("deterministic", a.deterministic), ("compile", a.compile),
-                ("profile", a.profile)]], []),
+                ("channels_last", a.channels_last), ("profile", a.profile)]], []),
                "--patch_size", *map(str, a.patch_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         if out.returncode:  # the other methods still run and print; the failure is reported with them
@@ -234,8 +242,8 @@ def main(argv=None):
             print(f"benchmark of {m} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    ev = bench_eval(device, tuple(a.patch_size))
-    convs = bench_convs(device, a.batch_size, tuple(a.patch_size))
+    ev = bench_eval(device, tuple(a.patch_size), a.channels_last)
+    convs = bench_convs(device, a.batch_size, tuple(a.patch_size), a.channels_last)
     # measured at both ends, the higher counts: on a shared machine a neighbour can depress one measurement
     peak_end = matmul_peak(device)
     peak = max(peak_start, peak_end)
@@ -243,15 +251,15 @@ def main(argv=None):
         r["efficiency"] = r["gflops"] / peak
     result = {"device": str(device), "torch": torch.__version__, "evaluation": ev, "threads": torch.get_num_threads(),
               "cpu_features": cpu_features(), "amp": a.amp, "deterministic": a.deterministic, "compile": a.compile,
-              "matmul_peak_gflops": peak, "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size,
-              "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "failed": failed,
+              "channels_last": a.channels_last, "matmul_peak_gflops": peak,
+              "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size, "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "failed": failed,
               "conv_ceiling": convs}
     fix = next((r for r in rows if r["method"] == "fixmatch"), None)
     feats = result["cpu_features"]
     native_bf16 = result["native_bf16"] = device.type == "cuda" or feats["avx512_bf16"] or feats["amx_bf16"]
     print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s "
           f"(start {peak_start:.0f}, end {peak_end:.0f}), --amp {a.amp}, --deterministic {a.deterministic}, "
-          f"--compile {a.compile} "
+          f"--compile {a.compile}, --channels_last {a.channels_last} "
           f"(native bf16: {'yes' if native_bf16 else 'no'}), batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
     print(f"{'method':<17}{'s/it':>8}{'s/it+data':>11}{'GFLOP/it':>10}{'GFLOP/s':>9}{'eff.':>7}{'peak MB':>9}"
           f"{'x FixMatch':>11}")

@@ -9,7 +9,7 @@ from networks.unet import UNet
 
 
 def test_conv_ceiling_covers_every_3x3_conv_of_the_unet():
-    r = benchmark.bench_convs(torch.device("cpu"), batch_size=2, patch_size=(32, 32), reps=1)
+    r = benchmark.bench_convs(torch.device("cpu"), batch_size=2, patch_size=(32, 32), channels_last=-1, reps=1)
     n_convs = sum(1 for m in UNet(1, 4).modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     assert sum(row["count"] for row in r["shapes"]) == n_convs
     sizes = {row["size"][0] for row in r["shapes"]}
@@ -19,7 +19,7 @@ def test_conv_ceiling_covers_every_3x3_conv_of_the_unet():
 
 
 def test_eval_timing_reports_forward_and_metrics():
-    r = benchmark.bench_eval(torch.device("cpu"), (32, 32), depth=3, reps=1)
+    r = benchmark.bench_eval(torch.device("cpu"), (32, 32), -1, depth=3, reps=1)
     assert r["volume"] == [3, 32, 32]
     assert 0 < r["forward_s"] <= r["forward_and_metrics_s"] and r["ratio"] >= 1.0
 

@@ -46,6 +46,9 @@ def training_parser(description, models=None, **defaults):
     g.add_argument("--compile", type=int, default=0, choices=[0, 1],
                    help="1: torch.compile the training forward passes (inductor: fused kernels); the first steps "
                    "compile (≈12 s each on an H100), validation stays eager; slower on CPU, GPU speed-up unmeasured")
+    g.add_argument("--channels_last", type=int, default=-1, choices=[-1, 0, 1],
+                   help="1: networks in channels_last memory format (NHWC); 0: NCHW; -1: NHWC on a CPU only, where "
+                   "it is faster (README, Speed)")
     g = p.add_argument_group("run control")
     g.add_argument("--val_interval", type=int, default=200, help="validate on val every N iterations")
     g.add_argument("--checkpoint_interval", type=int, default=None, help="save last.pth every N (default: "
@@ -131,6 +134,13 @@ def select_device(gpu, log=print):
     if gpu >= 0:
         log("notice: CUDA is not available; running on the CPU")
     return torch.device("cpu")
+
+
+def memory_format(channels_last, device):
+    """--channels_last -> the networks' memory format: 1 NHWC, 0 NCHW, -1 NHWC on a CPU only, where oneDNN's NHWC
+    kernels are faster (README, Speed; the GPU speed is unmeasured, so NCHW there)."""
+    on = device.type == "cpu" if channels_last < 0 else bool(channels_last)
+    return torch.channels_last if on else torch.contiguous_format
 
 
 def run_main(main_fn, argv=None):
