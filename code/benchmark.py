@@ -8,6 +8,8 @@ start and its end, the higher one counting (their ratio is the efficiency). Each
 so peak memory is its own. Then the ceiling the convolution kernels set: every 3x3 convolution shape of the U-Net
 timed alone (forward + backward, same batch), and the efficiency a U-Net step would reach if each of its
 convolutions ran at that speed and everything else were free. Prints tables and writes JSON.
+--layout_ab also times each step with the same networks alternately NCHW and NHWC (channels_last), step by step
+in one process, so that a busy shared machine slows both alike: the median of the per-pair ratios is the speed-up.
 
   python benchmark.py --batch_size 8 --labeled_bs 4 --patch_size 128 128 --iters 5
 """
@@ -48,7 +50,7 @@ def cpu_features():
     return {k: k in flags.split() for k in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
 
 
-def bench_eval(device, patch_size, channels_last, depth=10, reps=3):
+def bench_eval(device, patch_size, channels_last, depth=10, reps=3, layout_ab=False):
     """Seconds to evaluate one (depth, H, W) volume: the network's forward passes alone, and forward passes +
     the four metrics (Dice, Jaccard, HD95, ASD per class) as validation and test_ACDC.py run them. The
     prediction is a trained-looking one (the ground truth shifted by 2 pixels), since an untrained network's
@@ -73,8 +75,19 @@ def bench_eval(device, patch_size, channels_last, depth=10, reps=3):
             case_metrics(pred, label, 4, executor=per_class)
             t2 = time.perf_counter()
             best_fwd, best_all = min(best_fwd, t1 - t0), min(best_all, t2 - t0)
-    return {"volume": [depth, *patch_size], "forward_s": best_fwd, "forward_and_metrics_s": best_all,
-            "ratio": best_all / best_fwd}
+    result = {"volume": [depth, *patch_size], "forward_s": best_fwd, "forward_and_metrics_s": best_all,
+              "ratio": best_all / best_fwd}
+    if layout_ab:  # forward passes alone, NCHW and NHWC alternately
+        times = {torch.contiguous_format: [], torch.channels_last: []}
+        for i in range(2 * reps + 2):
+            fmt = (torch.contiguous_format, torch.channels_last)[i % 2]
+            net.to(memory_format=fmt)
+            t0 = time.perf_counter()
+            predict_volume(net, image, patch_size, device)
+            times[fmt].append(time.perf_counter() - t0)
+        nchw, nhwc = (sorted(times[f][1:])[reps // 2] for f in times)  # the first of each: warm-up
+        result.update(forward_nchw_s=nchw, forward_nhwc_s=nhwc, layout_speedup=nchw / nhwc)
+    return result
 
 
 def bench_convs(device, batch_size, patch_size, channels_last, reps=3):
@@ -174,11 +187,42 @@ def bench_one(method, a):
     gflop = fc.get_total_flops() / 1e9
     peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if a.layout_ab:
+        result_ab = layout_ab(lambda it: step(batch, it), parts["models"].values(), a.iters, dev)
     result = {"method": method, "device": str(dev), "sec_per_iter": med(excl), "sec_per_iter_with_data": med(incl),
               "gflop_per_iter": gflop, "gflops": gflop / med(excl), "peak_mem_mb": peak_mem}
+    if a.layout_ab:
+        result["layout_ab"] = result_ab
     if a.profile:
         result.update(profile_step(lambda: step(batch, a.warmup + a.iters + 2), dev, a.profile))
     return result
+
+
+def layout_ab(run_step, nets, pairs, device):
+    """Seconds of run_step(iteration) with `nets` NCHW and NHWC alternately: one warm-up step in each layout, then
+    `pairs` pairs, the first of each pair alternating. -> medians and the median per-pair speed-up of NHWC."""
+    nets = list(nets)
+
+    def timed(fmt, it):
+        for n in nets:
+            n.to(memory_format=fmt)
+        _sync(device)
+        t0 = time.perf_counter()
+        run_step(it)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    it = 10_000
+    for fmt in (torch.contiguous_format, torch.channels_last):  # warm-up: each layout's kernels and caches
+        timed(fmt, it)
+        it += 1
+    nchw, nhwc = [], []
+    for i in range(pairs):
+        for fmt in (torch.contiguous_format, torch.channels_last)[::1 if i % 2 == 0 else -1]:
+            (nhwc if fmt == torch.channels_last else nchw).append(timed(fmt, it))
+            it += 1
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    return {"nchw_s": med(nchw), "nhwc_s": med(nhwc), "speedup": med([a / b for a, b in zip(nchw, nhwc)])}
 
 
 def profile_step(run_step, device, rows):
@@ -219,6 +263,8 @@ def main(argv=None):
                    help="the training scripts' --compile (give --warmup enough steps to compile: 5 or more)")
     p.add_argument("--channels_last", type=int, default=-1, choices=[-1, 0, 1],
                    help="the training scripts' --channels_last (-1: on a CPU only)")
+    p.add_argument("--layout_ab", action="store_true", help="also time each step alternately NCHW and NHWC "
+                   "(channels_last) in one process, --iters pairs: the speed-up of --channels_last")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also profile one step per method and "
                    "print its top ROWS ops (on CUDA with the GPU's busy share of the step)")
     p.add_argument("--out", default="benchmark.json")
@@ -235,6 +281,7 @@ def main(argv=None):
                [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters), ("warmup", a.warmup),
                 ("gpu", a.gpu), ("amp", a.amp), ("deterministic", a.deterministic), ("compile", a.compile),
                 ("channels_last", a.channels_last), ("profile", a.profile)]], []),
+               *(["--layout_ab"] if a.layout_ab else []),
                "--patch_size", *map(str, a.patch_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         if out.returncode:  # the other methods still run and print; the failure is reported with them
@@ -242,7 +289,7 @@ def main(argv=None):
             print(f"benchmark of {m} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    ev = bench_eval(device, tuple(a.patch_size), a.channels_last)
+    ev = bench_eval(device, tuple(a.patch_size), a.channels_last, layout_ab=a.layout_ab)
     convs = bench_convs(device, a.batch_size, tuple(a.patch_size), a.channels_last)
     # measured at both ends, the higher counts: on a shared machine a neighbour can depress one measurement
     peak_end = matmul_peak(device)
@@ -270,6 +317,11 @@ def main(argv=None):
               f"{ratio:>11}")
     for m, why in failed.items():
         print(f"{m:<17}failed: {why}")
+    if a.layout_ab:
+        print("NCHW vs NHWC (channels_last), alternating step by step: " + ", ".join(
+            f"{r['method']} {r['layout_ab']['nchw_s']:.3f} / {r['layout_ab']['nhwc_s']:.3f} s "
+            f"({r['layout_ab']['speedup']:.2f}x)" for r in rows) + f"; evaluation forward passes "
+            f"{ev['forward_nchw_s']:.3f} / {ev['forward_nhwc_s']:.3f} s ({ev['layout_speedup']:.2f}x)")
     for r in rows:
         if "profile" in r:
             busy = f", GPU busy {r['gpu_busy']:.0%} of the step ({r['kernels']} kernels)" if "gpu_busy" in r else ""

@@ -34,3 +34,21 @@ def test_a_failing_method_is_reported_beside_the_others(tmp_path, capsys):
     assert [m["method"] for m in r["methods"]] == ["supervised"] and r["methods"][0]["sec_per_iter"] > 0
     assert list(r["failed"]) == ["fixmatch"] and "labeled_bs" in r["failed"]["fixmatch"]
     assert "fixmatch         failed:" in capsys.readouterr().out
+
+
+def test_layout_ab_times_both_layouts_alternately():
+    net = UNet(1, 4)
+    x = torch.randn(2, 1, 32, 32)
+    seen = []
+
+    def step(it):
+        w = net.encoder.stages[0].conv2[0].weight
+        seen.append((it, "nhwc" if not w.is_contiguous() else "nchw"))
+        net(x).sum().backward()
+
+    r = benchmark.layout_ab(step, [net], pairs=2, device=torch.device("cpu"))
+    assert [s for _, s in seen] == ["nchw", "nhwc", "nchw", "nhwc", "nhwc", "nchw"]  # warm-ups, then alternating
+    assert len({it for it, _ in seen}) == 6  # each step its own iteration number
+    assert r["nchw_s"] > 0 and r["nhwc_s"] > 0 and r["speedup"] > 0
+    ev = benchmark.bench_eval(torch.device("cpu"), (32, 32), -1, depth=3, reps=1, layout_ab=True)
+    assert ev["forward_nchw_s"] > 0 and ev["layout_speedup"] == pytest.approx(ev["forward_nchw_s"] / ev["forward_nhwc_s"])
