@@ -189,6 +189,8 @@ def bench_one(method, a):
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if a.layout_ab:
         result_ab = layout_ab(lambda it: step(batch, it), parts["models"].values(), a.iters, dev)
+        for net in parts["models"].values():  # back to the run's own layout for the profile below
+            net.to(memory_format=run.memory_format)
     result = {"method": method, "device": str(dev), "sec_per_iter": med(excl), "sec_per_iter_with_data": med(incl),
               "gflop_per_iter": gflop, "gflops": gflop / med(excl), "peak_mem_mb": peak_mem}
     if a.layout_ab:
@@ -261,8 +263,8 @@ def main(argv=None):
                    "--deterministic (0: cudnn.benchmark picks the fastest convolution kernels)")
     p.add_argument("--compile", type=int, default=0, choices=[0, 1],
                    help="the training scripts' --compile (give --warmup enough steps to compile: 5 or more)")
-    p.add_argument("--channels_last", type=int, default=-1, choices=[-1, 0, 1],
-                   help="the training scripts' --channels_last (-1: on a CPU only)")
+    p.add_argument("--channels_last", type=int, default=0, choices=[-1, 0, 1],
+                   help="the training scripts' --channels_last (-1: on a CPU only; evaluation follows it too)")
     p.add_argument("--layout_ab", action="store_true", help="also time each step alternately NCHW and NHWC "
                    "(channels_last) in one process, --iters pairs: the speed-up of --channels_last")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also profile one step per method and "
@@ -299,15 +301,16 @@ def main(argv=None):
     result = {"device": str(device), "torch": torch.__version__, "evaluation": ev, "threads": torch.get_num_threads(),
               "cpu_features": cpu_features(), "amp": a.amp, "deterministic": a.deterministic, "compile": a.compile,
               "channels_last": a.channels_last, "matmul_peak_gflops": peak,
-              "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size, "labeled_bs": a.labeled_bs, "patch_size": a.patch_size, "methods": rows, "failed": failed,
-              "conv_ceiling": convs}
+              "matmul_peak_start_end": [peak_start, peak_end], "batch_size": a.batch_size, "labeled_bs": a.labeled_bs,
+              "patch_size": a.patch_size, "methods": rows, "failed": failed, "conv_ceiling": convs}
     fix = next((r for r in rows if r["method"] == "fixmatch"), None)
     feats = result["cpu_features"]
     native_bf16 = result["native_bf16"] = device.type == "cuda" or feats["avx512_bf16"] or feats["amx_bf16"]
     print(f"device {device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.0f} GFLOP/s "
           f"(start {peak_start:.0f}, end {peak_end:.0f}), --amp {a.amp}, --deterministic {a.deterministic}, "
           f"--compile {a.compile}, --channels_last {a.channels_last} "
-          f"(native bf16: {'yes' if native_bf16 else 'no'}), batch {a.batch_size} ({a.labeled_bs} labeled), patch {a.patch_size[0]}x{a.patch_size[1]}")
+          f"(native bf16: {'yes' if native_bf16 else 'no'}), batch {a.batch_size} ({a.labeled_bs} labeled), "
+          f"patch {a.patch_size[0]}x{a.patch_size[1]}")
     print(f"{'method':<17}{'s/it':>8}{'s/it+data':>11}{'GFLOP/it':>10}{'GFLOP/s':>9}{'eff.':>7}{'peak MB':>9}"
           f"{'x FixMatch':>11}")
     for r in rows:

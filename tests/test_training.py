@@ -168,7 +168,7 @@ def test_compile_in_place_picks_the_forwards_that_run():
 
 
 def test_channels_last_places_every_network_and_test_acdc_agrees(tiny_root, tmp_path):
-    """--channels_last -1 (default): NHWC networks on a CPU (UA-MT's mean teacher, a copy, too), NCHW on CUDA;
+    """--channels_last -1: NHWC networks on a CPU (UA-MT's mean teacher, a copy, too), NCHW on CUDA;
     0 keeps NCHW. A checkpoint trained in either layout scores the same in test_ACDC.py in either layout."""
     import torch
 

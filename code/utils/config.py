@@ -46,9 +46,9 @@ def training_parser(description, models=None, **defaults):
     g.add_argument("--compile", type=int, default=0, choices=[0, 1],
                    help="1: torch.compile the training forward passes (inductor: fused kernels); the first steps "
                    "compile (≈12 s each on an H100), validation stays eager; slower on CPU, GPU speed-up unmeasured")
-    g.add_argument("--channels_last", type=int, default=-1, choices=[-1, 0, 1],
+    g.add_argument("--channels_last", type=int, default=0, choices=[-1, 0, 1],
                    help="1: networks in channels_last memory format (NHWC); 0: NCHW; -1: NHWC on a CPU only, where "
-                   "it is faster (README, Speed)")
+                   "it is up to 1.17x faster at 128^2 (README, Speed)")
     g = p.add_argument_group("run control")
     g.add_argument("--val_interval", type=int, default=200, help="validate on val every N iterations")
     g.add_argument("--checkpoint_interval", type=int, default=None, help="save last.pth every N (default: "
