@@ -8,8 +8,8 @@ start and its end, the higher one counting (their ratio is the efficiency). Each
 so peak memory is its own. Then the ceiling the convolution kernels set: every 3x3 convolution shape of the U-Net
 timed alone (forward + backward, same batch), and the efficiency a U-Net step would reach if each of its
 convolutions ran at that speed and everything else were free. Prints tables and writes JSON.
---layout_ab also times each step with the same networks alternately NCHW and NHWC (channels_last), step by step
-in one process, so that a busy shared machine slows both alike: the median of the per-pair ratios is the speed-up.
+--layout_ab also times the evaluation's forward passes alternately NCHW and NHWC (channels_last, test_ACDC.py's
+--channels_last), so that a busy shared machine slows both alike.
 
   python benchmark.py --batch_size 8 --labeled_bs 4 --patch_size 128 128 --iters 5
 """
@@ -90,13 +90,10 @@ def bench_eval(device, patch_size, channels_last, depth=10, reps=3, layout_ab=Fa
     return result
 
 
-def bench_convs(device, batch_size, patch_size, channels_last, reps=3):
-    """Forward+backward GFLOP/s of each 3x3 conv shape of the U-Net run alone (in the training scripts' memory
-    format), and the whole U-Net's convs at those speeds. -> {"shapes": [...], "unet_conv_gflops": float}."""
+def bench_convs(device, batch_size, patch_size, reps=3):
+    """Forward+backward GFLOP/s of each 3x3 conv shape of the U-Net run alone, and the whole U-Net's convs at
+    those speeds. -> {"shapes": [...], "unet_conv_gflops": float}."""
     from networks.unet import UNet
-    from utils.config import memory_format
-
-    fmt = memory_format(channels_last, device)
 
     net, shapes = UNet(1, 4), Counter()  # (in, out, h, w) -> how many convs of the U-Net have it
 
@@ -111,10 +108,9 @@ def bench_convs(device, batch_size, patch_size, channels_last, reps=3):
         h.remove()
     rows, total_flop, total_s = [], 0.0, 0.0
     for (cin, cout, h, w), n in sorted(shapes.items(), key=lambda kv: (-kv[0][2], kv[0][:2])):
-        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(device, memory_format=fmt)
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(device)
         is_image = (cin, h, w) == (1, *patch_size)  # the input conv: no gradient w.r.t. the image
-        x = torch.randn(batch_size, cin, h, w, device=device).contiguous(memory_format=fmt)
-        x.requires_grad_(not is_image)
+        x = torch.randn(batch_size, cin, h, w, device=device, requires_grad=not is_image)
         best = float("inf")
         for _ in range(reps + 1):
             _sync(device)
@@ -147,8 +143,7 @@ def bench_one(method, a):
     argv = ["--root_path", root, "--snapshot_dir", os.path.join(tmp, "snap"), "--labelnum", "3",
             "--batch_size", str(a.batch_size), "--labeled_bs", str(a.labeled_bs), "--patch_size",
             *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000", "--amp", a.amp,
-            "--deterministic", str(a.deterministic), "--compile", str(a.compile),
-            "--channels_last", str(a.channels_last)]
+            "--deterministic", str(a.deterministic), "--compile", str(a.compile)]
     if method.startswith("diffrect"):
         argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
     args = script.parse_args(argv)
@@ -187,44 +182,11 @@ def bench_one(method, a):
     gflop = fc.get_total_flops() / 1e9
     peak_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if a.layout_ab:
-        result_ab = layout_ab(lambda it: step(batch, it), parts["models"].values(), a.iters, dev)
-        for net in parts["models"].values():  # back to the run's own layout for the profile below
-            net.to(memory_format=run.memory_format)
     result = {"method": method, "device": str(dev), "sec_per_iter": med(excl), "sec_per_iter_with_data": med(incl),
               "gflop_per_iter": gflop, "gflops": gflop / med(excl), "peak_mem_mb": peak_mem}
-    if a.layout_ab:
-        result["layout_ab"] = result_ab
     if a.profile:
         result.update(profile_step(lambda: step(batch, a.warmup + a.iters + 2), dev, a.profile))
     return result
-
-
-def layout_ab(run_step, nets, pairs, device):
-    """Seconds of run_step(iteration) with `nets` NCHW and NHWC alternately: one warm-up step in each layout, then
-    `pairs` pairs, the first of each pair alternating. -> medians and the median per-pair speed-up of NHWC."""
-    nets = list(nets)
-
-    def timed(fmt, it):
-        for n in nets:
-            n.to(memory_format=fmt)
-        _sync(device)
-        t0 = time.perf_counter()
-        run_step(it)
-        _sync(device)
-        return time.perf_counter() - t0
-
-    it = 10_000
-    for fmt in (torch.contiguous_format, torch.channels_last):  # warm-up: each layout's kernels and caches
-        timed(fmt, it)
-        it += 1
-    nchw, nhwc = [], []
-    for i in range(pairs):
-        for fmt in (torch.contiguous_format, torch.channels_last)[::1 if i % 2 == 0 else -1]:
-            (nhwc if fmt == torch.channels_last else nchw).append(timed(fmt, it))
-            it += 1
-    med = lambda xs: sorted(xs)[len(xs) // 2]
-    return {"nchw_s": med(nchw), "nhwc_s": med(nhwc), "speedup": med([a / b for a, b in zip(nchw, nhwc)])}
 
 
 def profile_step(run_step, device, rows):
@@ -250,6 +212,8 @@ def profile_step(run_step, device, rows):
 
 
 def main(argv=None):
+    from utils.config import add_channels_last_flag
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--batch_size", type=int, default=8)
@@ -263,10 +227,9 @@ def main(argv=None):
                    "--deterministic (0: cudnn.benchmark picks the fastest convolution kernels)")
     p.add_argument("--compile", type=int, default=0, choices=[0, 1],
                    help="the training scripts' --compile (give --warmup enough steps to compile: 5 or more)")
-    p.add_argument("--channels_last", type=int, default=0, choices=[-1, 0, 1],
-                   help="the training scripts' --channels_last (-1: on a CPU only; evaluation follows it too)")
-    p.add_argument("--layout_ab", action="store_true", help="also time each step alternately NCHW and NHWC "
-                   "(channels_last) in one process, --iters pairs: the speed-up of --channels_last")
+    add_channels_last_flag(p, default=-1)  # test_ACDC.py's, for the evaluation line (training runs NCHW)
+    p.add_argument("--layout_ab", action="store_true", help="also time the evaluation forward passes alternately "
+                   "NCHW and NHWC (channels_last): the speed-up of test_ACDC.py's --channels_last")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also profile one step per method and "
                    "print its top ROWS ops (on CUDA with the GPU's busy share of the step)")
     p.add_argument("--out", default="benchmark.json")
@@ -282,8 +245,7 @@ def main(argv=None):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m, *sum([[f"--{k}", str(v)] for k, v in
                [("batch_size", a.batch_size), ("labeled_bs", a.labeled_bs), ("iters", a.iters), ("warmup", a.warmup),
                 ("gpu", a.gpu), ("amp", a.amp), ("deterministic", a.deterministic), ("compile", a.compile),
-                ("channels_last", a.channels_last), ("profile", a.profile)]], []),
-               *(["--layout_ab"] if a.layout_ab else []),
+                ("profile", a.profile)]], []),
                "--patch_size", *map(str, a.patch_size)]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         if out.returncode:  # the other methods still run and print; the failure is reported with them
@@ -292,7 +254,7 @@ def main(argv=None):
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     ev = bench_eval(device, tuple(a.patch_size), a.channels_last, layout_ab=a.layout_ab)
-    convs = bench_convs(device, a.batch_size, tuple(a.patch_size), a.channels_last)
+    convs = bench_convs(device, a.batch_size, tuple(a.patch_size))
     # measured at both ends, the higher counts: on a shared machine a neighbour can depress one measurement
     peak_end = matmul_peak(device)
     peak = max(peak_start, peak_end)
@@ -321,10 +283,8 @@ def main(argv=None):
     for m, why in failed.items():
         print(f"{m:<17}failed: {why}")
     if a.layout_ab:
-        print("NCHW vs NHWC (channels_last), alternating step by step: " + ", ".join(
-            f"{r['method']} {r['layout_ab']['nchw_s']:.3f} / {r['layout_ab']['nhwc_s']:.3f} s "
-            f"({r['layout_ab']['speedup']:.2f}x)" for r in rows) + f"; evaluation forward passes "
-            f"{ev['forward_nchw_s']:.3f} / {ev['forward_nhwc_s']:.3f} s ({ev['layout_speedup']:.2f}x)")
+        print(f"evaluation forward passes NCHW / NHWC (channels_last), alternating: {ev['forward_nchw_s']:.3f} / "
+              f"{ev['forward_nhwc_s']:.3f} s ({ev['layout_speedup']:.2f}x)")
     for r in rows:
         if "profile" in r:
             busy = f", GPU busy {r['gpu_busy']:.0%} of the step ({r['kernels']} kernels)" if "gpu_busy" in r else ""

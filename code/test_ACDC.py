@@ -17,7 +17,8 @@ from dataloaders.datasets import load_dataset_info
 from networks.semantic_coloring import palette
 from networks.unet import net_factory
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state
-from utils.config import DEFAULT_DATA, PROJECT_ROOT, UsageError, memory_format, run_main, select_device
+from utils.config import DEFAULT_DATA, PROJECT_ROOT, UsageError, add_channels_last_flag, memory_format, run_main, \
+    select_device
 from utils.evaluation import evaluate
 from utils.metrics import METRIC_KEYS, format_table
 
@@ -34,8 +35,7 @@ def parse_args(argv):
     p.add_argument("--split", default="test", choices=["val", "test", "valtest"])
     p.add_argument("--gpu", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=16, help="slices per forward pass")
-    p.add_argument("--channels_last", type=int, default=-1, choices=[-1, 0, 1],
-                   help="1: the network in channels_last (NHWC); 0: NCHW; -1: NHWC on a CPU only, where it is faster")
+    add_channels_last_flag(p, default=-1)
     p.add_argument("--use_spacing", action="store_true", help="HD95/ASD in mm from the h5 'spacing' attribute")
     p.add_argument("--save_nifti", action="store_true", help="write image/prediction/label .nii.gz per case")
     p.add_argument("--overlays", type=int, default=0, help="write PNG overlays of this many cases")

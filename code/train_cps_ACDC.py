@@ -35,7 +35,7 @@ def cross_targets(logits_a, logits_b):
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     def make():
-        net = run.place(net_factory(args.model, in_chns=1, class_num=run.num_classes))
+        net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
         return net, torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
 
     net_a, optimizer_a = make()

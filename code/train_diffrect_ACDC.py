@@ -50,10 +50,10 @@ def parse_args(argv):
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     C, lbs, thresh = run.num_classes, args.labeled_bs, args.conf_thresh
-    net = run.place(net_factory(args.model, in_chns=1, class_num=C))
-    rectifier_net = run.place(Rectifier(C, "onehot" if args.no_scs else "color", args.ts, args.base_chn_rf,
-                                        args.cond_input, bool(args.clip_latent), not args.no_lfr, args.ts_sample,
-                                        args.sampler, schedule=args.beta_schedule))
+    net = net_factory(args.model, in_chns=1, class_num=C).to(run.device)
+    rectifier_net = Rectifier(C, "onehot" if args.no_scs else "color", args.ts, args.base_chn_rf, args.cond_input,
+                              bool(args.clip_latent), not args.no_lfr, args.ts_sample, args.sampler,
+                              schedule=args.beta_schedule).to(run.device)
     sgd = dict(lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
     optimizer = torch.optim.SGD(net.parameters(), **sgd)
     optimizer_rf = torch.optim.SGD(rectifier_net.parameters(), **sgd)  # constant LR, as the reference

@@ -20,7 +20,7 @@ def parse_args(argv):
 
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
-    net = run.place(net_factory(args.model, in_chns=1, class_num=run.num_classes))
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
     model = run.wrap(net)  # DDP under torchrun, `net` itself otherwise
 

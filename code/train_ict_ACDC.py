@@ -36,7 +36,7 @@ def mix(a, b, lam):
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
     n_mix = (args.batch_size - args.labeled_bs) // 2
-    net = run.place(net_factory(args.model, in_chns=1, class_num=run.num_classes))
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     teacher = make_teacher(net)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
     student = run.wrap(net)

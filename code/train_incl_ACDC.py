@@ -58,8 +58,8 @@ class SemanticProxies(nn.Module):
 
 def build(args, run):
     """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
-    net = run.place(net_factory(args.model, in_chns=1, class_num=run.num_classes))
-    proxy_net = run.place(SemanticProxies(run.num_classes, net.decoder.out_conv.in_channels, args.proxy_dim))
+    net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
+    proxy_net = SemanticProxies(run.num_classes, net.decoder.out_conv.in_channels, args.proxy_dim).to(run.device)
     optimizer = torch.optim.SGD([*net.parameters(), *proxy_net.parameters()], lr=args.base_lr, momentum=0.9,
                                 weight_decay=1e-4)
     model, proxies = run.wrap(net), run.wrap(proxy_net)

@@ -167,26 +167,18 @@ def test_compile_in_place_picks_the_forwards_that_run():
     assert (list(unet.state_dict()), list(rect.state_dict())) == keys
 
 
-def test_channels_last_places_every_network_and_test_acdc_agrees(tiny_root, tmp_path):
-    """--channels_last -1: NHWC networks on a CPU (UA-MT's mean teacher, a copy, too), NCHW on CUDA;
-    0 keeps NCHW. A checkpoint trained in either layout scores the same in test_ACDC.py in either layout."""
+def test_channels_last_evaluation_scores_like_nchw(tiny_root, tmp_path):
+    """test_ACDC.py --channels_last: -1 (default) NHWC on a CPU, NCHW on CUDA; the same checkpoint scores the same
+    in either layout. Training scripts have no such flag: they train NCHW."""
     import torch
 
-    import train_uamt_ACDC
     from utils.config import memory_format
-    from utils.trainer import TrainingRun
 
     assert memory_format(-1, torch.device("cuda", 0)) == torch.contiguous_format
     assert memory_format(-1, torch.device("cpu")) == memory_format(1, torch.device("cuda", 0)) == torch.channels_last
     assert memory_format(0, torch.device("cpu")) == torch.contiguous_format
-    for setting in ("-1", "0", "1"):
-        args = train_uamt_ACDC.parse_args(["--root_path", tiny_root, "--snapshot_dir", str(tmp_path / setting), *SMALL,
-                                           "--channels_last", setting])
-        run = TrainingRun(args, train_uamt_ACDC.SEMI_SUPERVISED)
-        fmt = memory_format(int(setting), run.device)
-        for name, net in train_uamt_ACDC.build(args, run)["models"].items():
-            w = net.encoder.stages[0].conv2[0].weight  # (16, 16, 3, 3): the first conv, 1 channel in, is both
-            assert w.is_contiguous(memory_format=fmt) and (fmt == torch.channels_last) != w.is_contiguous(), name
+    with pytest.raises(SystemExit):
+        train_fixmatch_ACDC.parse_args(["--channels_last", "1"])
     snap = str(tmp_path / "fm")
     train_fixmatch_ACDC.main(["--root_path", tiny_root, "--snapshot_dir", snap, *SMALL, "--max_iterations", "2",
                               "--val_interval", "2"])

@@ -42,11 +42,7 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         n = x.numel()
         r = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, 2 ** 63 - 1)  # uniform over int64
-        r = r.view(torch.int16)[:n]  # four uniform int16 per draw
-        if x.dim() == 4 and not x.is_contiguous():  # channels_last: the mask in x's layout, or x * keep is slow
-            r = r.view(x.shape[0], x.shape[2], x.shape[3], x.shape[1]).permute(0, 3, 1, 2)
-        else:
-            r = r.view(x.shape)
+        r = r.view(torch.int16)[:n].view(x.shape)  # four uniform int16 per draw
         keep = r >= round(self.p * 65536) - 32768
         return _MaskAndScale.apply(x, keep, 1.0 / (1.0 - self.p))
 

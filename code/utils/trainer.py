@@ -32,7 +32,7 @@ from dataloaders.datasets import labeled_slice_count, load_dataset_info
 from dataloaders.sampler import TwoStreamBatchSampler
 from utils.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint, load_state, rng_state, \
     set_rng_state
-from utils.config import PROJECT_ROOT, UsageError, check_args, loader_workers, memory_format, select_device
+from utils.config import PROJECT_ROOT, UsageError, check_args, loader_workers, select_device
 from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, local_world_size, \
     replicas_differ
 from utils.evaluation import evaluate
@@ -108,7 +108,6 @@ class TrainingRun:
         if args.amp == "fp16" and self.device.type != "cuda":
             raise UsageError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 (fast only with AVX512-BF16/AMX)")
         self.workers = loader_workers(args.num_workers, self.device, local_world_size())
-        self.memory_format = memory_format(args.channels_last, self.device)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
         self.scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
         os.makedirs(self.snapshot, exist_ok=True)
@@ -171,11 +170,6 @@ class TrainingRun:
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
 
     # ------------------------------------------------------------------------------------------ step helpers
-    def place(self, net):
-        """A new network on the run's device and in its memory format (--channels_last: NHWC 4-D weights make the
-        convolutions run, and return, NHWC; copies such as a mean teacher keep it). -> net"""
-        return net.to(self.device, memory_format=self.memory_format)
-
     def wrap(self, net, find_unused=False):
         """The network as the train step should call it: itself in a plain run, in DistributedDataParallel under
         torchrun (SyncBatchNorm on CUDA). Build optimizers, state and evaluation on `net` itself. find_unused:
