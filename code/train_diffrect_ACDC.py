@@ -59,7 +59,7 @@ def build(args, run):
     optimizer_rf = torch.optim.SGD(rectifier_net.parameters(), **sgd)  # constant LR, as the reference
     # DDP under torchrun, the networks themselves otherwise; ablations leave parts of the rectifier unused
     model, rectifier = run.wrap(net), run.wrap(rectifier_net, find_unused=True)
-    noise = torch.Generator(run.device).manual_seed(args.seed)  # diffusion t/noise and random τ only
+    noise = run.generator("diffusion")  # diffusion t/noise and random τ only, a stream of their own
 
     def guidance(a, b):
         return calibration_guidance(a, b, C, args.cg, noise)

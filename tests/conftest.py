@@ -11,6 +11,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "code"))
 # test_distributed.py stay on the CPU.
 TEST_GPU = os.environ.get("DIFFRECT_TEST_GPU", "-1")
 
+# The real ACDC (prepared SSL4MIS layout), for the few tests that read it: $DIFFRECT_ACDC, else data/ACDC in
+# the repository. Those tests are skipped when neither holds the data.
+REAL_ACDC = os.environ.get("DIFFRECT_ACDC") or str(pathlib.Path(__file__).resolve().parents[1] / "data" / "ACDC")
+
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):

@@ -130,7 +130,7 @@ def _tiny_root(tmp_path, n=6):
 
 def test_slice_dataset_items(tmp_path):
     ds = SliceDataset(str(_tiny_root(tmp_path)), 4, (32, 48))
-    item = ds[(2, (0, 0, 0))]
+    item = ds[(2, (0, "augmentation", 0, 0))]
     assert item["image"].shape == item["image_strong"].shape == (1, 32, 48)
     assert item["label"].shape == (32, 48) and str(item["label"].dtype) == "torch.int64"
     vols = VolumeDataset(str(tmp_path / "ds"), "val", 4)
@@ -201,3 +201,32 @@ def test_reads_real_acdc_files():
     assert ds.images[0].shape == (128, 128) and 0 <= ds.images[0].min() and ds.images[0].max() <= 1
     name, image, label, _ = VolumeDataset(ACDC, "val", 4)[0]
     assert image.ndim == 3 and image.shape == label.shape and set(np.unique(label)) <= {0, 1, 2, 3}
+
+
+# -------------------------------------------------------------------------------------------- random streams
+def test_random_streams_never_coincide():
+    import torch
+
+    from dataloaders.random_streams import STREAMS, stream_rng, stream_seed
+    from utils.trainer import seed_everything
+
+    seeds = {(s, k) for s in STREAMS for k in [(), (0,), (1,), (0, 0), (0, 1), (1, 0)]}
+    assert len({stream_seed(1337, s, *k) for s, k in seeds}) == len(seeds)
+    assert all(0 <= stream_seed(1337, s, *k) < 2 ** 63 for s, k in seeds)
+    # the diffusion generator no longer replays the global generator that initialises θ
+    seed_everything(1337, True)
+    theta_draws = torch.rand(16)
+    diffusion_draws = torch.rand(16, generator=torch.Generator().manual_seed(stream_seed(1337, "diffusion")))
+    assert not torch.equal(theta_draws, diffusion_draws)
+    # the sampler's permutation of (stream 0, epoch 0) and the augmentation of (iteration 0, slot 0) differ
+    assert not np.array_equal(stream_rng(1337, "sampler", 0, 0).random(8),
+                              stream_rng(1337, "augmentation", 0, 0).random(8))
+    # a stream is a pure function of (seed, stream, key)
+    assert np.array_equal(stream_rng(5, "sampler", 1, 2).random(4), stream_rng(5, "sampler", 1, 2).random(4))
+    with pytest.raises(KeyError, match="unknown random stream"):
+        stream_seed(1, "dropout")
+
+
+def test_sampler_hands_out_augmentation_stream_keys():
+    s = TwoStreamBatchSampler(range(4), range(4, 12), 4, 2, seed=9)
+    assert [sd for _, sd in s.batch(3)] == [(9, "augmentation", 3, j) for j in range(4)]

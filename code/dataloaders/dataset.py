@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from dataloaders.augmentation import make_views, resize_pair
 from dataloaders.layout import read_ids
+from dataloaders.random_streams import stream_rng
 
 
 class DataError(ValueError):
@@ -96,7 +97,7 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, item):
         idx, seed = item
-        rng = np.random.default_rng(list(seed))
+        rng = stream_rng(*seed)  # seed = (run seed, "augmentation", iteration, slot)
         weak, strong, label = make_views(self.images[idx], self.labels[idx], rng, self.patch_size, self.strong)
         out = {"image": torch.from_numpy(weak)[None], "label": torch.from_numpy(label.astype(np.int64)),
                "index": torch.tensor(idx)}

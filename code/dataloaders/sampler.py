@@ -5,14 +5,15 @@ pure function of (seed, k): resuming at iteration k, or running N processes, nee
 `world_size` > 1, iteration k draws world_size times as many indices and rank r takes its own contiguous
 share of each stream, so every rank keeps the labeled/unlabeled mix and no index repeats across ranks in a
 step (with several ranks the unlabeled stream, too, starts a new permutation only between steps; a single
-process reads it as one endless stream). Each element is (dataset index, augmentation seed); the seed (seed, k, slot) makes augmentation
-independent of worker scheduling.
+process reads it as one endless stream). Each element is (dataset index, augmentation seed); the seed
+(seed, "augmentation", k, slot), a key of random_streams, makes augmentation independent of worker scheduling.
 """
 from functools import lru_cache
 
 import numpy as np
 
 from dataloaders.dataset import DataError
+from dataloaders.random_streams import stream_rng
 
 
 class TwoStreamBatchSampler:
@@ -34,7 +35,7 @@ class TwoStreamBatchSampler:
 
     def _permutation(self, stream, epoch):
         pool = self.labeled if stream == 0 else self.unlabeled
-        return np.random.default_rng([self.seed, stream, epoch]).permutation(pool)
+        return stream_rng(self.seed, "sampler", stream, epoch).permutation(pool)
 
     def batch(self, k):
         """The (index, aug_seed) pairs of this rank at iteration k: labeled first, then unlabeled."""
@@ -55,7 +56,7 @@ class TwoStreamBatchSampler:
             pos0 = (k % per_epoch) * n_u + self.rank * self.unlabeled_bs
             out += [int(perm[pos0 + j]) for j in range(self.unlabeled_bs)]
         slot0 = self.rank * (self.labeled_bs + self.unlabeled_bs)
-        return [(idx, (self.seed, k, slot0 + s)) for s, idx in enumerate(out)]
+        return [(idx, (self.seed, "augmentation", k, slot0 + s)) for s, idx in enumerate(out)]
 
     def __iter__(self):
         k = self.start

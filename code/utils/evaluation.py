@@ -1,7 +1,10 @@
 """Volume inference and scoring (SPEC §6), shared by validation during training and test_ACDC.py.
 
-Per volume: each slice resized to the training patch (linear), batched through the network, argmax,
-resized back (nearest); then Dice / Jaccard / HD95 / ASD per foreground class on the 3-D volume.
+Per volume: each slice resized to the training patch (linear), batched through the network; the class
+probabilities are resampled to the slice's own size (bilinear, centre-aligned, as the image was resized) and
+the argmax is taken there, so a prediction that is perfect at the patch size stays perfect (nnU-Net resamples
+probabilities too; resizing the hard labels back with cv2's corner-aligned nearest moved them by up to half a
+patch pixel). Then Dice / Jaccard / HD95 / ASD per foreground class on the 3-D volume.
 Scoring runs in threads beside the network: a volume's metrics are computed while the next volume goes
 through the network, and its classes are scored in parallel (scipy and numpy release the GIL there).
 """
@@ -10,14 +13,25 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from utils.metrics import case_metrics, class_pool, summarize
 
 
+def native_probabilities(logits, size):
+    """(B, C, ph, pw) logits -> (B, C, H, W) class probabilities at the slice's own size (H, W): softmax at the
+    patch size, then bilinear with align_corners=False (the half-pixel convention of cv2's INTER_LINEAR,
+    which resized the image in)."""
+    probs = torch.softmax(logits.float(), dim=1)
+    if tuple(size) == tuple(probs.shape[-2:]):
+        return probs
+    return F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def predict_volume(model, image, patch_size, device, batch_size=16):
-    """image (D, H, W) float32 -> prediction (D, H, W) uint8, the logits' argmax (taken as max(1).indices, the
-    same first-maximum index, because argmax(1) is ~13x slower on CPU in torch 2.13)."""
+    """image (D, H, W) float32 -> prediction (D, H, W) uint8, the argmax of the native-size probabilities
+    (taken as max(1).indices, the same first-maximum index, because argmax(1) is ~13x slower on CPU)."""
     d, h, w = image.shape
     ph, pw = patch_size
     x = np.stack([cv2.resize(s, (pw, ph), interpolation=cv2.INTER_LINEAR) for s in image]) if (h, w) != (ph, pw) \
@@ -25,11 +39,9 @@ def predict_volume(model, image, patch_size, device, batch_size=16):
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
     preds = []
     for i in range(0, d, batch_size):
-        preds.append(model(x[i:i + batch_size].to(device, non_blocking=True)).max(1).indices.to(torch.uint8).cpu())
-    pred = torch.cat(preds).numpy()
-    if (h, w) != (ph, pw):
-        pred = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_NEAREST) for p in pred])
-    return pred
+        logits = model(x[i:i + batch_size].to(device, non_blocking=True))  # (b, C, ph, pw)
+        preds.append(native_probabilities(logits, (h, w)).max(1).indices.to(torch.uint8).cpu())
+    return torch.cat(preds).numpy()
 
 
 def evaluate(model, volumes, patch_size, device, num_classes, class_names=None, batch_size=16,

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from dataloaders.dataset import SliceDataset, VolumeDataset
 from dataloaders.datasets import labeled_slice_count, load_dataset_info
+from dataloaders.random_streams import stream_seed
 from dataloaders.sampler import TwoStreamBatchSampler
 from utils.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint, load_state, rng_state, \
     set_rng_state
@@ -36,6 +37,7 @@ from utils.config import PROJECT_ROOT, UsageError, check_args, loader_workers, s
 from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, local_world_size, \
     replicas_differ
 from utils.evaluation import evaluate
+from utils.progress import TermsLog, plot_progress
 from utils.ramps import poly_lr
 
 
@@ -53,9 +55,10 @@ class _TqdmHandler(logging.StreamHandler):
 
 
 def seed_everything(seed, deterministic):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    """The global generators (θ's initialisation, dropout, anything a library draws), each on its own stream."""
+    random.seed(stream_seed(seed, "python"))
+    np.random.seed(stream_seed(seed, "numpy") % 2 ** 32)
+    torch.manual_seed(stream_seed(seed, "torch"))
     torch.backends.cudnn.deterministic = bool(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
 
@@ -85,6 +88,7 @@ class TrainingRun:
             PROJECT_ROOT, "model", f"{args.exp}_{args.labelnum}_labeled", args.model)
         self.last_path = os.path.join(self.snapshot, "last.pth")
         self.best_path = os.path.join(self.snapshot, f"{args.model}_best_model.pth")
+        self.final_path = os.path.join(self.snapshot, f"{args.model}_final_model.pth")
         self.resume_from = self._resume_source()
         # the data is read and checked before anything is written, so bad input leaves no trace
         notes = []
@@ -166,10 +170,15 @@ class TrainingRun:
         a = self.args
         # own generator: creating the loader must not draw from the global RNG (resume would shift dropout)
         return DataLoader(self.train_set, batch_sampler=self._sampler(start), num_workers=self.workers,
-                          generator=torch.Generator().manual_seed(a.seed + start),
+                          generator=torch.Generator().manual_seed(stream_seed(a.seed, "loader", start)),
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
 
     # ------------------------------------------------------------------------------------------ step helpers
+    def generator(self, stream):
+        """A torch.Generator on the run's device for one named stream of random_streams (e.g. "diffusion");
+        pass it to fit's `generators` so resume restores it."""
+        return torch.Generator(self.device).manual_seed(stream_seed(self.args.seed, stream))
+
     def wrap(self, net, find_unused=False):
         """The network as the train step should call it: itself in a plain run, in DistributedDataParallel under
         torchrun (SyncBatchNorm on CUDA). Build optimizers, state and evaluation on `net` itself. find_unused:
@@ -249,10 +258,11 @@ class TrainingRun:
             log.info(f"nothing to do: already at iteration {start} of {a.max_iterations}")
             return best
         if self.distributed:  # own dropout/noise draws per rank (models start equal: they were built before this)
-            torch.manual_seed(a.seed + 100_003 * self.rank + start)
+            torch.manual_seed(stream_seed(a.seed, "torch_rank", self.rank, start))
             log.info(f"distributed: {self.world_size} processes, rank {self.rank}, device {self.device}; global batch "
                      f"{self.world_size * a.batch_size} ({self.world_size * a.labeled_bs} labeled)")
         self.writer = SummaryWriter(os.path.join(self.snapshot, "log"), purge_step=start + 1) if self.is_main else None
+        self.terms_log = TermsLog(os.path.join(self.snapshot, "train_terms.csv"), start) if self.is_main else None
 
         def state(iteration):
             return {"format": FORMAT, "kind": "last", "iteration": iteration, "best": best, "curve": curve,
@@ -298,9 +308,13 @@ class TrainingRun:
                 self.writer.add_scalar("info/sec_per_iter", t_steps / n_steps, it + 1)
                 log.info(f"iteration {it + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
                          + f", {t_steps / n_steps:.3f} s/it")
+                self.terms_log.append(it + 1, values)
                 t_steps, n_steps = 0.0, 0
             if ((it + 1) % a.val_interval == 0 or it + 1 == a.max_iterations) and self.is_main:
                 best = self._validate(it + 1, eval_model, models, curve, best)
+                if it + 1 == a.max_iterations:  # the last network too, in the best file's format (test_ACDC.py)
+                    atomic_save(self._best_state(eval_model, models, it + 1, self._last_summary, kind="final"),
+                                self.final_path)
             if ((it + 1) % a.checkpoint_interval == 0 or it + 1 in (a.max_iterations, stop)) and self.is_main:
                 atomic_save(state(it + 1), self.last_path)
             if self.distributed and ((it + 1) % a.val_interval == 0 or it + 1 == stop):
@@ -329,6 +343,7 @@ class TrainingRun:
                                   self.info.class_names)
         row = {"iteration": iteration, **{k: summary["mean"][k]["mean"] for k in ("dice", "jaccard", "hd95", "asd")}}
         curve.append(row)
+        self._last_summary = summary
         for k in ("dice", "jaccard", "hd95", "asd"):
             self.writer.add_scalar(f"val/mean_{k}", row[k], iteration)
         for c in summary["classes"]:
@@ -342,9 +357,9 @@ class TrainingRun:
         self._write_curve(curve)
         return best
 
-    def _best_state(self, eval_model, models, iteration, summary):
+    def _best_state(self, eval_model, models, iteration, summary, kind="best"):
         a = self.args
-        return {"format": FORMAT, "kind": "best", "iteration": iteration, "metrics": summary,
+        return {"format": FORMAT, "kind": kind, "iteration": iteration, "metrics": summary,
                 "arch": {"net": a.model, "in_chns": 1, "num_classes": self.num_classes},
                 "patch_size": list(a.patch_size), "class_names": self.info.class_names,
                 "model": eval_model.state_dict(),
@@ -358,6 +373,7 @@ class TrainingRun:
             w.writeheader()
             w.writerows(curve)
         os.replace(path + ".tmp", path)
+        plot_progress(os.path.join(self.snapshot, "progress.png"), self.terms_log.rows, curve)
 
 
 def training_main(parse_args, build, semi_supervised=True, strong_view=None):
