@@ -78,8 +78,10 @@ def main(argv=None):
     path = args.checkpoint or os.path.join(PROJECT_ROOT, "model", f"{args.exp}_{args.labelnum}_labeled", args.model,
                                            f"{args.model}_best_model.pth")
     ckpt = load_checkpoint(path)
-    if ckpt.get("kind") != "best":
-        raise CheckpointError(f"{path}: this is a training-state file; pass the {args.model}_best_model.pth beside it")
+    if ckpt.get("kind") not in ("best", "final"):
+        raise CheckpointError(f"{path}: this is a training-state file; pass the {args.model}_best_model.pth (or "
+                              f"_final_model.pth) beside it")
+    prefix = "final_" if ckpt["kind"] == "final" else ""  # the last network's tables sit beside the best one's
     arch = ckpt["arch"]
     if not os.path.isdir(args.root_path):
         raise UsageError(f"--root_path {args.root_path}: folder not found")
@@ -98,25 +100,25 @@ def main(argv=None):
     out = os.path.dirname(os.path.abspath(path))
     print(f"{args.split}: {len(cases)} cases, checkpoint {path} (iteration {ckpt['iteration']})")
     print(format_table(summary))
-    with open(os.path.join(out, f"{args.split}_per_case.csv"), "w", newline="") as f:
+    with open(os.path.join(out, f"{prefix}{args.split}_per_case.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["case", "class", *METRIC_KEYS, "empty_case"])
         for c in cases:
             for m in c["metrics"]:
                 w.writerow([c["name"], m["class"], *(f"{m[k]:.6f}" for k in METRIC_KEYS), m["case"]])
-    with open(os.path.join(out, f"{args.split}_summary.json"), "w") as f:
+    with open(os.path.join(out, f"{prefix}{args.split}_summary.json"), "w") as f:
         json.dump({"checkpoint": path, "split": args.split, "iteration": ckpt["iteration"],
                    "units": "mm" if args.use_spacing else "voxels", **summary}, f, indent=2)
     for i, c in enumerate(cases):
         if args.save_nifti or i < args.overlays:
             _, image, label, spacing = volumes[i]
             if args.save_nifti:
-                write_nifti(os.path.join(out, f"predictions_{args.split}"), c["name"], image, label,
+                write_nifti(os.path.join(out, f"{prefix}predictions_{args.split}"), c["name"], image, label,
                             c["prediction"], spacing)
             if i < args.overlays:
-                write_overlays(os.path.join(out, f"overlays_{args.split}"), c["name"], image, label,
+                write_overlays(os.path.join(out, f"{prefix}overlays_{args.split}"), c["name"], image, label,
                                c["prediction"], info.num_classes)
-    print(f"wrote {args.split}_per_case.csv and {args.split}_summary.json to {out}")
+    print(f"wrote {prefix}{args.split}_per_case.csv and {prefix}{args.split}_summary.json to {out}")
     return summary
 
 

@@ -1,0 +1,109 @@
+"""The experiment presets of run_experiments.py: each a named list of runs (method script + flags).
+
+A run is one training script at one label budget on one dataset split; run_experiments.py repeats it for
+every seed. Read a preset as a table: method, script, label budgets, flags. The flags given here are those
+that differ from the script's own defaults; --root_path, --seed, --gpu and --snapshot_dir are added by the
+runner.
+"""
+from dataclasses import dataclass, field
+
+# method -> training script (code/<script>.py) and the flags every preset uses for it
+METHODS = {
+    "supervised": ("train_fully_supervised_ACDC", []),
+    "fixmatch": ("train_fixmatch_ACDC", []),
+    "uamt": ("train_uamt_ACDC", []),
+    "cps": ("train_cps_ACDC", []),
+    "ict": ("train_ict_ACDC", []),
+    "mcnetv2": ("train_mcnetv2_ACDC", ["--model", "mcnet"]),
+    "incl": ("train_incl_ACDC", []),
+    "diffrect": ("train_diffrect_ACDC", []),
+}
+BASELINES = ["supervised", "fixmatch", "uamt", "cps", "ict", "mcnetv2", "incl"]
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str            # row name in the tables, e.g. "diffrect" or "diffrect-no_scs"
+    script: str            # module in code/, e.g. "train_diffrect_ACDC"
+    labelnum: int
+    flags: tuple = ()
+    split: str = ""        # dataset split folder under --root_path ("split1"), "" for the folder itself
+
+    @property
+    def name(self):
+        """The run folder's name (without the seed): <method>[-<split>]_<labelnum>."""
+        return f"{self.method}{'-' + self.split if self.split else ''}_{self.labelnum}"
+
+    @property
+    def model(self):
+        f = list(self.flags)
+        return f[f.index("--model") + 1] if "--model" in f else "unet"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    root: str                       # default --root_path, relative to the project root
+    runs: tuple
+    seeds: tuple = (1337, 2, 3)
+    synthetic: bool = False         # generate a small synthetic dataset at root when it is missing
+    against: str = "diffrect"       # the method the significance tests compare with
+    extra: dict = field(default_factory=dict)
+
+
+def _runs(methods, labelnums, common=(), per_method=None, splits=("",), semi=()):
+    """Every method at every label budget and split; `semi`: flags of the semi-supervised methods only."""
+    per_method = per_method or {}
+    out = []
+    for split in splits:
+        for labelnum in labelnums:
+            for m in methods:
+                base = m.split("-", 1)[0]
+                script, flags = METHODS[base]
+                flags = (*flags, *common, *(semi if base != "supervised" else ()), *per_method.get(m, ()))
+                out.append(Run(m, script, labelnum, flags, split))
+    return tuple(out)
+
+
+# the paper's training setting: 256², 30 000 iterations; DiffRect's own batch of 6 (3 labeled), the SSL4MIS
+# batch of 24 (12) for the others (the scripts' defaults)
+_PAPER = ("--patch_size", "256", "256", "--max_iterations", "30000")
+_DIFFRECT_BATCH = ("--batch_size", "6", "--labeled_bs", "3")
+# the CPU protocol: 5 % of ACDC, 128², batch 8 (4 labeled), 1200 iterations, the ramp scaled to the budget
+_CPU = ("--patch_size", "128", "128", "--batch_size", "8", "--labeled_bs", "4", "--max_iterations", "1200",
+        "--val_interval", "200", "--gpu", "-1")
+
+PRESETS = {p.name: p for p in [
+    Preset("paper-acdc", "the paper's ACDC table: every method at 1 / 3 / 7 labeled patients (1 / 5 / 10 %)",
+           "data/ACDC", _runs(BASELINES + ["diffrect"], (1, 3, 7), _PAPER, {"diffrect": _DIFFRECT_BATCH})),
+    Preset("paper-mscmr", "MS-CMRSEG19 LGE, 7 labeled patients (20 %), both splits averaged",
+           "data/MSCMR", _runs(BASELINES + ["diffrect"], (7,), _PAPER, {"diffrect": _DIFFRECT_BATCH},
+                               ("split1", "split2"))),
+    Preset("paper-prostate", "MSD Task05 Prostate (T2), 2 labeled patients (10 %), both splits averaged",
+           "data/Prostate", _runs(BASELINES + ["diffrect"], (2,), _PAPER, {"diffrect": _DIFFRECT_BATCH},
+                                  ("split1", "split2"))),
+    Preset("paper-ablation", "the ablation tables on ACDC 5 %: components (SCS, CG, S2W, W2G, LFR), guidance "
+           "variants, diffusion steps; the FixMatch row at DiffRect's batch 6 (3)",
+           "data/ACDC", _runs(["fixmatch", "diffrect-no_scs", "diffrect-no_cg", "diffrect-lcc_only",
+                               "diffrect-no_s2w", "diffrect-no_w2g", "diffrect", "diffrect-cg_jaccard",
+                               "diffrect-cg_fixed", "diffrect-cg_random", "diffrect-cg_both", "diffrect-ts5",
+                               "diffrect-ts20", "diffrect-ts_sample5"], (3,), _PAPER + _DIFFRECT_BATCH,
+                              {"diffrect-no_scs": ["--no_scs"], "diffrect-no_cg": ["--cg", "none"],
+                               "diffrect-lcc_only": ["--no_lfr"], "diffrect-no_s2w": ["--no_s2w"],
+                               "diffrect-no_w2g": ["--no_w2g"], "diffrect-cg_jaccard": ["--cg", "jaccard"],
+                               "diffrect-cg_fixed": ["--cg", "fixed"], "diffrect-cg_random": ["--cg", "random"],
+                               "diffrect-cg_both": ["--cg", "both"], "diffrect-ts5": ["--ts", "5"],
+                               "diffrect-ts20": ["--ts", "20"], "diffrect-ts_sample5": ["--ts_sample", "5"]})),
+    Preset("cpu-acdc", "the CPU protocol: every method on ACDC 5 % at 128², batch 8 (4), 1200 iterations, "
+           "consistency ramp 8, DiffRect's rectification from iteration 400",
+           "data/ACDC", _runs(BASELINES + ["diffrect"], (3,), _CPU, {"diffrect": ["--refine_start", "400"]},
+                              semi=("--consistency_rampup", "8"))),
+    Preset("smoke", "seconds: supervised, FixMatch and DiffRect on a tiny synthetic dataset (tests, a first look)",
+           "data/synthetic_smoke", _runs(["supervised", "fixmatch", "diffrect"], (3,),
+                                         ("--patch_size", "32", "32", "--batch_size", "4", "--labeled_bs", "2",
+                                          "--max_iterations", "6", "--val_interval", "3", "--log_interval", "2"),
+                                         {"diffrect": ["--refine_start", "3", "--base_chn_rf", "8"]},
+                                         semi=("--consistency_rampup", "1")),
+           seeds=(1337, 2), synthetic=True),
+]}

@@ -1,0 +1,155 @@
+"""run_experiments.py / summarize_experiments.py on the `smoke` preset (tiny synthetic data, CPU)."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import wilcoxon
+
+import run_experiments
+import summarize_experiments
+
+CODE = os.path.join(os.path.dirname(__file__), "..", "code")
+SMOKE = ["--preset", "smoke", "--methods", "supervised", "fixmatch"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The smoke preset's supervised and FixMatch runs at seeds 1337 and 2, run once for this module."""
+    base = tmp_path_factory.mktemp("experiments")
+    argv = SMOKE + ["--root_path", str(base / "data"), "--out", str(base / "out"), "--seeds", "1337", "2"]
+    results = run_experiments.main(argv)
+    return base, argv, results
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_every_run_trains_and_is_evaluated(sweep):
+    base, _, results = sweep
+    assert sorted(os.path.basename(f) for f in results) == [
+        "fixmatch_3_seed1337", "fixmatch_3_seed2", "supervised_3_seed1337", "supervised_3_seed2"]
+    assert set(results.values()) == {"done"}
+    for folder in results:
+        for f in ("unet_best_model.pth", "unet_final_model.pth", "val_per_case.csv", "test_per_case.csv",
+                  "final_val_per_case.csv", "final_test_per_case.csv", "progress.png", "train_terms.csv"):
+            assert os.path.isfile(os.path.join(folder, f)), f
+
+
+def test_a_second_invocation_does_no_work(sweep, capsys):
+    base, argv, results = sweep
+    stamps = {f: os.path.getmtime(os.path.join(f, "unet_final_model.pth")) for f in results}
+    again = run_experiments.main(argv)
+    assert again == {} and "4 already done, 0 to run" in capsys.readouterr().out
+    assert stamps == {f: os.path.getmtime(os.path.join(f, "unet_final_model.pth")) for f in results}
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(sweep, tmp_path):
+    base, _, results = sweep
+    straight = os.path.join(str(base / "out"), "smoke", "supervised_3_seed1337")
+    argv = [sys.executable, os.path.join(CODE, "run_experiments.py"), "--preset", "smoke", "--methods", "supervised",
+            "--seeds", "1337", "--root_path", str(base / "data"), "--out", str(tmp_path)]
+    folder = tmp_path / "smoke" / "supervised_3_seed1337"
+    proc = subprocess.Popen(argv, cwd=CODE, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (folder / "last.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-run
+    proc.wait()
+    assert (folder / "last.pth").exists() and not (folder / "unet_final_model.pth").exists()
+    out = subprocess.run(argv, cwd=CODE, capture_output=True, text=True, check=True).stdout
+    assert "resuming from iteration" in out and "done" in out
+    for name in ("unet_final_model.pth", "unet_best_model.pth"):
+        a, b = _weights(os.path.join(straight, name)), _weights(str(folder / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_run_iterations_interrupts_and_the_next_call_finishes(sweep, tmp_path, capsys):
+    base, _, _ = sweep
+    argv = ["--preset", "smoke", "--methods", "fixmatch", "--seeds", "2", "--root_path", str(base / "data"),
+            "--out", str(tmp_path)]
+    assert set(run_experiments.main(argv + ["--max_run_iterations", "4"]).values()) == {"interrupted"}
+    assert "run the same command again" in capsys.readouterr().out
+    assert set(run_experiments.main(argv).values()) == {"done"}
+    straight = os.path.join(str(base / "out"), "smoke", "fixmatch_3_seed2", "unet_final_model.pth")
+    a, b = _weights(straight), _weights(str(tmp_path / "smoke" / "fixmatch_3_seed2" / "unet_final_model.pth"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _case_dice(path):
+    per_case = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            per_case.setdefault(row["case"], []).append(float(row["dice"]))
+    return {c: float(np.mean(v)) for c, v in per_case.items()}
+
+
+def test_summary_tables_match_the_per_case_csvs(sweep):
+    base, _, _ = sweep
+    folder = str(base / "out" / "smoke")
+    rows = summarize_experiments.main([folder, "--against", "fixmatch"])
+    table = {(r["method"], r["split"], r["checkpoint"], r["metric"], r["class"]): r for r in rows}
+    for method in ("supervised", "fixmatch"):
+        for split, prefix, kind in (("val", "", "best"), ("test", "final_", "final")):
+            per_seed = [np.mean(list(_case_dice(os.path.join(folder, f"{method}_3_seed{s}",
+                                                             f"{prefix}{split}_per_case.csv")).values()))
+                        for s in (1337, 2)]
+            r = table[(method, split, kind, "dice", "mean")]
+            assert r["seeds"] == 2
+            assert r["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+            assert r["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
+    # the paired test: supervised vs FixMatch on (seed, case) pairs of the best checkpoint on val
+    x, y = [], []
+    for s in (1337, 2):
+        a = _case_dice(os.path.join(folder, f"supervised_3_seed{s}", "val_per_case.csv"))
+        b = _case_dice(os.path.join(folder, f"fixmatch_3_seed{s}", "val_per_case.csv"))
+        x += [a[c] for c in sorted(a)]
+        y += [b[c] for c in sorted(a)]
+    p = table[("supervised", "val", "best", "dice", "mean")]["p_wilcoxon_vs_fixmatch"]
+    if np.all(np.array(x) == np.array(y)):
+        assert np.isnan(p)
+    else:
+        assert p == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-12)
+    with open(os.path.join(folder, "results.md")) as f:
+        md = f.read()
+    assert "| supervised |" in md and "| fixmatch |" in md and "p vs fixmatch" in md
+    for png in ("figures/val_dice.png", "figures/dice_bars.png", "supervised_3_seed2/progress.png"):
+        path = os.path.join(folder, png)
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        import cv2
+
+        img = cv2.imread(path)
+        assert img is not None and img.shape[0] > 200 and img.shape[1] > 300
+
+
+def test_wilcoxon_helper_equals_scipy():
+    rng = np.random.default_rng(0)
+    x, y = rng.random(17), rng.random(17)
+    assert summarize_experiments.wilcoxon_p(x, y) == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-12)
+    assert np.isnan(summarize_experiments.wilcoxon_p(x, x))
+
+
+def test_presets_and_flags(capsys, tmp_path):
+    run_experiments.main(["--list"])
+    out = capsys.readouterr().out
+    for name in ("paper-acdc", "paper-mscmr", "paper-prostate", "paper-ablation", "cpu-acdc", "smoke"):
+        assert name + ":" in out
+    jobs = run_experiments.main(["--preset", "paper-acdc", "--dry_run", "--out", str(tmp_path)])
+    assert len(jobs) == 8 * 3 * 3 and {j["labelnum"] for j in jobs} == {1, 3, 7}
+    diffrect = next(j for j in jobs if j["method"] == "diffrect")
+    assert "--batch_size 6 --labeled_bs 3" in " ".join(diffrect["train_argv"])
+    assert diffrect["folder"].endswith(os.path.join("paper-acdc", "diffrect_1_seed1337"))
+    mscmr = run_experiments.main(["--preset", "paper-mscmr", "--dry_run", "--root_path", "/d", "--seeds", "1"])
+    assert {j["root_path"] for j in mscmr} == {"/d/split1", "/d/split2"}
+    with pytest.raises(run_experiments.UsageError, match="--preset 'nope' is unknown"):
+        run_experiments.main(["--preset", "nope"])
+    with pytest.raises(run_experiments.UsageError, match="no prepared dataset"):
+        run_experiments.main(["--preset", "cpu-acdc", "--root_path", str(tmp_path / "none")])
