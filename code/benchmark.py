@@ -147,7 +147,7 @@ def bench_one(method, a):
     if method.startswith("diffrect"):
         argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
     args = script.parse_args(argv)
-    run = TrainingRun(args, script.SEMI_SUPERVISED)
+    run = TrainingRun(args, script.SEMI_SUPERVISED, script=METHODS[method])
     parts = script.build(args, run)
     dev = run.device
     loader = iter(run.loader(0))

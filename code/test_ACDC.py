@@ -39,7 +39,12 @@ def parse_args(argv):
     p.add_argument("--use_spacing", action="store_true", help="HD95/ASD in mm from the h5 'spacing' attribute")
     p.add_argument("--save_nifti", action="store_true", help="write image/prediction/label .nii.gz per case")
     p.add_argument("--overlays", type=int, default=0, help="write PNG overlays of this many cases")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch_size {args.batch_size} must be positive")
+    if args.overlays < 0:
+        raise UsageError(f"--overlays {args.overlays} must be 0 or more")
+    return args
 
 
 def overlay(image_slice, label_slice, colors):
@@ -59,6 +64,19 @@ def write_overlays(out_dir, name, image, label, pred, num_classes, n_slices=3):
         gray = (np.repeat(image[z][..., None], 3, axis=2) * 255).astype(np.uint8)
         panel = np.concatenate([gray, overlay(image[z], label[z], colors), overlay(image[z], pred[z], colors)], 1)
         cv2.imwrite(os.path.join(out_dir, f"{name}_slice{z + 1}.png"), panel)
+
+
+def write_atomically(path, write):
+    """write(f) into path's temporary neighbour, then rename: a failure leaves no partial file."""
+    try:
+        with open(path + ".tmp", "w", newline="") as f:
+            write(f)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        if os.path.exists(path + ".tmp"):
+            os.unlink(path + ".tmp")
+        raise UsageError(f"{path}: cannot write the results ({e.strerror}); free space or make the folder "
+                         f"writable") from None
 
 
 def write_nifti(out_dir, name, image, label, pred, spacing):
@@ -94,21 +112,23 @@ def main(argv=None):
     model.to(device, memory_format=memory_format(args.channels_last, device))
     load_state(model, ckpt["model"], "the segmentation network", path)
     volumes = VolumeDataset(args.root_path, args.split, info.num_classes)
+    if args.use_spacing:
+        for i in range(len(volumes)):
+            if volumes[i][3] is None:
+                raise UsageError(f"--use_spacing: {volumes.paths[i]} has no 'spacing' attribute, so distances would be "
+                                 f"in voxels; drop --use_spacing or re-prepare the data with its spacing")
     summary, cases = evaluate(model, volumes, ckpt["patch_size"], device, info.num_classes, info.class_names,
                               args.batch_size, args.use_spacing, keep_predictions=args.save_nifti or args.overlays > 0)
 
     out = os.path.dirname(os.path.abspath(path))
     print(f"{args.split}: {len(cases)} cases, checkpoint {path} (iteration {ckpt['iteration']})")
     print(format_table(summary))
-    with open(os.path.join(out, f"{prefix}{args.split}_per_case.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["case", "class", *METRIC_KEYS, "empty_case"])
-        for c in cases:
-            for m in c["metrics"]:
-                w.writerow([c["name"], m["class"], *(f"{m[k]:.6f}" for k in METRIC_KEYS), m["case"]])
-    with open(os.path.join(out, f"{prefix}{args.split}_summary.json"), "w") as f:
-        json.dump({"checkpoint": path, "split": args.split, "iteration": ckpt["iteration"],
-                   "units": "mm" if args.use_spacing else "voxels", **summary}, f, indent=2)
+    rows = [["case", "class", *METRIC_KEYS, "empty_case"]] + [
+        [c["name"], m["class"], *(f"{m[k]:.6f}" for k in METRIC_KEYS), m["case"]] for c in cases for m in c["metrics"]]
+    write_atomically(os.path.join(out, f"{prefix}{args.split}_per_case.csv"), lambda f: csv.writer(f).writerows(rows))
+    write_atomically(os.path.join(out, f"{prefix}{args.split}_summary.json"), lambda f: json.dump(
+        {"checkpoint": path, "split": args.split, "iteration": ckpt["iteration"],
+         "units": "mm" if args.use_spacing else "voxels", **summary}, f, indent=2))
     for i, c in enumerate(cases):
         if args.save_nifti or i < args.overlays:
             _, image, label, spacing = volumes[i]

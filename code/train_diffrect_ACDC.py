@@ -42,6 +42,11 @@ def parse_args(argv):
     g.add_argument("--no_s2w", action="store_true", help="drop the strong-to-weak rectifier loss")
     g.add_argument("--no_lfr", action="store_true", help="LCC only: decode B_sem's condition latent, no diffusion")
     args = p.parse_args(argv)
+    for flag in ("ts", "ts_sample", "base_chn_rf"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag} {getattr(args, flag)} must be positive")
+    if args.ts_sample > args.ts:
+        raise UsageError(f"--ts_sample {args.ts_sample} cannot exceed the diffusion steps --ts {args.ts}")
     if args.no_w2g and args.no_s2w:
         raise UsageError("--no_w2g together with --no_s2w leaves nothing to train the rectifier")
     return args

@@ -17,6 +17,9 @@ from dataloaders.layout import read_ids
 from dataloaders.random_streams import stream_rng
 
 
+RANGE_TOL = 1e-5  # float32 min-max normalisation can land a hair outside [0, 1]
+
+
 class DataError(ValueError):
     """A data file or list that cannot be used; the message names it and says how to fix it."""
 
@@ -52,6 +55,10 @@ def read_case(path, num_classes, ndim):
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise DataError(f"{path}: image has NaN or infinite values; re-prepare this case")
+    lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:  # e.g. raw 0-255 intensities: the networks expect [0, 1]
+        raise DataError(f"{path}: image range [{lo:.4g}, {hi:.4g}] is outside [0, 1]; re-prepare it (per-volume "
+                        f"min-max; code/check_data.py lists every such file)")
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         raise DataError(f"{path}: label values span [{label.min()}, {label.max()}] but --num_classes is "
                         f"{num_classes}; remap the labels or set --num_classes")

@@ -10,33 +10,45 @@ import tempfile
 import numpy as np
 import torch
 
+from utils.errors import CheckpointError
+
 FORMAT = "diffrect-ckpt-1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit the model; the message names the file."""
 
 
 def atomic_save(obj, path):
     """A crash at any moment leaves either the old file or the new one, never half of one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=directory)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write here ({e.strerror}); make the folder writable or choose "
+                              f"another --snapshot_dir") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as any file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write" in str(e).lower()):
+            raise CheckpointError(f"{path}: writing failed ({getattr(e, 'strerror', None) or str(e)[:80]}); "
+                                  f"free disk space and run again (the previous file is intact)") from None
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path, map_location="cpu"):

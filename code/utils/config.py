@@ -8,12 +8,10 @@ import sys
 
 import torch
 
+from utils.errors import CheckpointError, RunInterrupted, TooManyNonFinite, UsageError  # noqa: F401 (re-exported)
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_DATA = os.path.join(PROJECT_ROOT, "data", "ACDC")
-
-
-class UsageError(ValueError):
-    """A bad flag or input; entry scripts print it as one line and exit with code 2."""
 
 
 def training_parser(description, models=None, **defaults):
@@ -101,8 +99,12 @@ def check_args(args):
         raise UsageError(f"--num_workers {args.num_workers}: use 0 or more, or -1 for automatic")
     if args.compile and not hasattr(torch.compiler, "set_stance"):
         raise UsageError(f"--compile 1 needs torch >= 2.6 (this is {torch.__version__}); upgrade torch or drop it")
-    if args.val_interval <= 0 or args.log_interval <= 0:
-        raise UsageError("--val_interval and --log_interval must be positive")
+    for flag in ("val_interval", "log_interval", "image_interval", "checkpoint_interval", "max_run_iterations"):
+        value = getattr(args, flag, None)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{flag} {value} must be positive")
+    if args.max_nonfinite < 0:
+        raise UsageError(f"--max_nonfinite {args.max_nonfinite} must be 0 or more")
     if not os.path.isdir(args.root_path):
         raise UsageError(f"--root_path {args.root_path}: folder not found; prepare a dataset there or run "
                          f"code/make_synthetic_data.py for a synthetic one")
@@ -150,8 +152,6 @@ def memory_format(channels_last, device):
 def run_main(main_fn, argv=None):
     """Entry-script wrapper: a bad flag, file or checkpoint ends with one line on stderr and exit code 2."""
     from dataloaders.dataset import DataError
-    from utils.checkpoint import CheckpointError
-    from utils.trainer import TooManyNonFinite
 
     try:
         return main_fn(argv)
@@ -161,3 +161,9 @@ def run_main(main_fn, argv=None):
     except TooManyNonFinite as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except RunInterrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: stopped at once (second Ctrl-C); last.pth holds the last checkpoint", file=sys.stderr)
+        sys.exit(130)

@@ -4,20 +4,30 @@ A training script builds its models and optimizers, writes one `train_step(batch
 its named loss terms, and hands both to `TrainingRun.fit`. Everything else lives here, once:
 
 - snapshot `model/{exp}_{labelnum}_labeled/{model}/`: config.json, log.txt, tensorboard events,
-  `{model}_best_model.pth` (best val mean Dice), `last.pth` (full state), `val_curve.csv`;
+  `{model}_best_model.pth` (best val mean Dice), `{model}_final_model.pth` (the last network), `last.pth`
+  (full state), `val_curve.csv`, `train_terms.csv`, `progress.png`;
+- the folder is the run's identity (utils/run_folder.py): one process writes it at a time, and a resume with
+  other run-defining flags or another script is refused before anything is written;
 - resume: `--resume auto` continues from last.pth (models, optimizers, iteration, best metric, python/numpy/
   torch/CUDA RNGs, named generators); the sampler is a pure function of the iteration, so the same trajectory
-  continues bit-for-bit on the CPU;
-- non-finite losses skip their step (counted); more than `--max_nonfinite` in a row stops the run after
-  saving the last good state.
+  continues bit-for-bit on the CPU (at the same thread count);
+- a step counts as good only if its losses and, after it, every parameter and buffer are finite. Non-finite
+  losses skip their step (counted; more than `--max_nonfinite` in a row stops the run, saving the state,
+  which is still the last good one); a non-finite model state stops the run at once and keeps the last.pth
+  on disk, the last good state;
+- SIGTERM / Ctrl-C: the current step finishes, last.pth is saved, the run exits (128 + signal number); a
+  second Ctrl-C stops at once.
 """
 import contextlib
 import csv
+import inspect
 import json
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -31,22 +41,15 @@ from dataloaders.dataset import SliceDataset, VolumeDataset
 from dataloaders.datasets import labeled_slice_count, load_dataset_info
 from dataloaders.random_streams import stream_seed
 from dataloaders.sampler import TwoStreamBatchSampler
-from utils.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint, load_state, rng_state, \
-    set_rng_state
-from utils.config import PROJECT_ROOT, UsageError, check_args, loader_workers, select_device
+from utils.checkpoint import FORMAT, atomic_save, load_checkpoint, load_state, rng_state, set_rng_state
+from utils.config import PROJECT_ROOT, check_args, loader_workers, select_device
 from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, local_world_size, \
     replicas_differ
+from utils.errors import CheckpointError, NonFiniteLoss, RunInterrupted, TooManyNonFinite, UsageError
 from utils.evaluation import evaluate
 from utils.progress import TermsLog, plot_progress
 from utils.ramps import poly_lr
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class TooManyNonFinite(RuntimeError):
-    pass
+from utils.run_folder import FolderLock, check_same_run
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -74,13 +77,19 @@ def compile_in_place(net):
 
 
 class TrainingRun:
-    def __init__(self, args, semi_supervised=True, strong_view=None):
-        """strong_view: also make the strong view `image_strong` (default: for semi-supervised scripts)."""
+    def __init__(self, args, semi_supervised=True, strong_view=None, script=None):
+        """strong_view: also make the strong view `image_strong` (default: for semi-supervised scripts).
+        script: the training script's name (part of the run's identity; default: the caller's file)."""
         args.semi_supervised = semi_supervised
+        args.script = script or os.path.splitext(os.path.basename(inspect.stack()[1].filename))[0]
         self.args = check_args(args)
         self.info = load_dataset_info(args.root_path, args.dataset)
         if args.num_classes is None:
             args.num_classes = self.info.num_classes
+        elif args.num_classes != self.info.num_classes:
+            raise UsageError(f"--num_classes {args.num_classes}: the dataset at {args.root_path} has "
+                             f"{self.info.num_classes} classes ({', '.join(['background', *self.info.class_names])});"
+                             f" drop --num_classes (it is read from the dataset description)")
         self.num_classes = args.num_classes
         self.rank, self.world_size, self.local_rank = distributed_env()
         self.distributed, self.is_main = self.world_size > 1, self.rank == 0
@@ -90,6 +99,12 @@ class TrainingRun:
         self.best_path = os.path.join(self.snapshot, f"{args.model}_best_model.pth")
         self.final_path = os.path.join(self.snapshot, f"{args.model}_final_model.pth")
         self.resume_from = self._resume_source()
+        self._resume_ckpt = None
+        if self.resume_from:  # the same run, or nothing is touched
+            self._resume_ckpt = load_checkpoint(self.resume_from)
+            if self._resume_ckpt.get("kind") != "last":
+                raise CheckpointError(f"{self.resume_from}: a best-model file cannot be resumed; pass a last.pth")
+            check_same_run(self._resume_ckpt.get("config", {}), vars(args), self.resume_from)
         # the data is read and checked before anything is written, so bad input leaves no trace
         notes = []
         strong = semi_supervised if strong_view is None else strong_view
@@ -114,7 +129,14 @@ class TrainingRun:
         self.workers = loader_workers(args.num_workers, self.device, local_world_size())
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
         self.scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
-        os.makedirs(self.snapshot, exist_ok=True)
+        self.lock = None
+        if self.is_main:  # the only writer of the folder (other ranks write nothing)
+            try:
+                os.makedirs(self.snapshot, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"snapshot folder {self.snapshot}: cannot be created ({e.strerror}); choose "
+                                 f"another --snapshot_dir / --exp") from None
+            self.lock = FolderLock(self.snapshot)
         self.logger = self._make_logger()
         for note in notes:
             self.logger.warning(note)
@@ -127,8 +149,15 @@ class TrainingRun:
                 json.dump(vars(args), f, indent=2, sort_keys=True)
             self.logger.info("config: " + json.dumps(vars(args), sort_keys=True))
             self.logger.info(f"{len(self.labeled_idx)} labeled / {len(self.unlabeled_idx)} unlabeled slices, "
-                             f"{len(self.val_set)} val volumes, device {self.device}, {self.workers} loader workers, "
-                             f"snapshot {self.snapshot}")
+                             f"{len(self.val_set)} val volumes, device {self.device}, {torch.get_num_threads()} CPU "
+                             f"threads (a CPU run repeats bit for bit only at the same count), {self.workers} loader "
+                             f"workers, snapshot {self.snapshot}")
+
+    def close(self):
+        """Release the snapshot folder (fit does this when it ends, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _resume_source(self):
@@ -231,32 +260,21 @@ class TrainingRun:
     def fit(self, train_step, models, optimizers, eval_model, poly=("optimizer",), generators=None):
         """Run iterations [start, max_iterations). models / optimizers / generators: dicts by name; the
         optimizers named in `poly` follow the poly LR schedule, the others keep their LR."""
+        try:
+            with _StopOnSignal() as stop:
+                return self._loop(train_step, models, optimizers, eval_model, poly, generators or {}, stop)
+        finally:
+            self.close()
+
+    def _loop(self, train_step, models, optimizers, eval_model, poly, generators, stop):
         from tensorboardX import SummaryWriter
 
         a, log = self.args, self.logger
-        generators = generators or {}
-        start, best, curve, nonfinite_total = 0, {"dice": -1.0, "iteration": 0}, [], 0
-        if self.resume_from:
-            ckpt = load_checkpoint(self.resume_from)
-            if ckpt.get("kind") != "last":
-                raise CheckpointError(f"{self.resume_from}: a best-model file cannot be resumed; pass a last.pth")
-            for name, m in models.items():
-                if name not in ckpt["models"]:
-                    raise CheckpointError(f"{self.resume_from}: has no model {name!r}; it was written by another script")
-                load_state(m, ckpt["models"][name], f"model {name!r}", self.resume_from)
-            for name, o in optimizers.items():
-                o.load_state_dict(ckpt["optimizers"][name])
-            for name, g in generators.items():
-                g.set_state(ckpt["generators"][name])
-            set_rng_state(ckpt["rng"])
-            if self.scaler and ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-            start, best, curve = ckpt["iteration"], ckpt["best"], ckpt["curve"]
-            nonfinite_total = ckpt.get("nonfinite_total", 0)
-            log.info(f"resumed from {self.resume_from} at iteration {start} (best val Dice {best['dice']:.4f})")
-        if start >= a.max_iterations:
-            log.info(f"nothing to do: already at iteration {start} of {a.max_iterations}")
-            return best
+        st = self._restore(models, optimizers, generators)
+        if st["iteration"] >= a.max_iterations:
+            log.info(f"nothing to do: already at iteration {st['iteration']} of {a.max_iterations}")
+            return st["best"]
+        start = st["iteration"]
         if self.distributed:  # own dropout/noise draws per rank (models start equal: they were built before this)
             torch.manual_seed(stream_seed(a.seed, "torch_rank", self.rank, start))
             log.info(f"distributed: {self.world_size} processes, rank {self.rank}, device {self.device}; global batch "
@@ -264,75 +282,132 @@ class TrainingRun:
         self.writer = SummaryWriter(os.path.join(self.snapshot, "log"), purge_step=start + 1) if self.is_main else None
         self.terms_log = TermsLog(os.path.join(self.snapshot, "train_terms.csv"), start) if self.is_main else None
 
-        def state(iteration):
-            return {"format": FORMAT, "kind": "last", "iteration": iteration, "best": best, "curve": curve,
-                    "models": {n: m.state_dict() for n, m in models.items()},
-                    "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                    "generators": {n: g.get_state() for n, g in generators.items()},
-                    "rng": rng_state(), "nonfinite_total": nonfinite_total, "config": vars(a),
-                    "scaler": self.scaler.state_dict() if self.scaler else None}
+        def save_last(iteration):
+            st["iteration"] = iteration
+            if self.is_main:
+                atomic_save({"format": FORMAT, "kind": "last", "iteration": iteration, "best": st["best"],
+                             "curve": st["curve"], "models": {n: m.state_dict() for n, m in models.items()},
+                             "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                             "generators": {n: g.get_state() for n, g in generators.items()},
+                             "rng": rng_state(), "nonfinite_total": st["nonfinite_total"], "config": vars(a),
+                             "scaler": self.scaler.state_dict() if self.scaler else None}, self.last_path)
 
         for m in models.values():
             m.train()
-        in_a_row, t_steps, n_steps = 0, 0.0, 0
-        stop = a.max_iterations if a.max_run_iterations is None else min(a.max_iterations, start + a.max_run_iterations)
-        bar = tqdm(range(start, stop), initial=start, total=a.max_iterations, ncols=90, mininterval=2.0,
+        in_a_row, timer = 0, [0.0, 0]
+        stop_at = a.max_iterations if a.max_run_iterations is None else min(a.max_iterations,
+                                                                              start + a.max_run_iterations)
+        bar = tqdm(range(start, stop_at), initial=start, total=a.max_iterations, ncols=90, mininterval=2.0,
                    disable=not self.is_main, file=sys.stderr)
         batches = iter(self.loader(start))
         for it in bar:
             t0 = time.perf_counter()
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
             try:
-                terms = self.step(train_step, batch, it)
-                in_a_row = 0
+                terms, in_a_row = self.step(train_step, batch, it), 0
             except NonFiniteLoss as e:
-                in_a_row += 1
-                nonfinite_total += 1
+                terms, in_a_row = {}, in_a_row + 1
+                st["nonfinite_total"] += 1
                 log.warning(f"iteration {it}: non-finite loss ({e}); step skipped ({in_a_row} in a row)")
-                if in_a_row > a.max_nonfinite:
-                    if self.is_main:
-                        atomic_save(state(it), self.last_path)
-                    raise TooManyNonFinite(f"{in_a_row} non-finite losses in a row at iteration {it}; the last good "
-                                           f"state is in {self.last_path}. Lower --base_lr or check the data.")
-                terms = {}
+            self._check_finite_state(models, it)
+            if in_a_row > a.max_nonfinite:
+                save_last(it)  # the weights are those of the last good step (the skipped ones changed nothing)
+                raise TooManyNonFinite(f"{in_a_row} non-finite losses in a row at iteration {it}; the last good "
+                                       f"state is in {self.last_path}. Start a new run (another --exp) with a "
+                                       f"lower --base_lr, or check the data (code/check_data.py).")
             for name in poly:
                 for g in optimizers[name].param_groups:
                     g["lr"] = poly_lr(a.base_lr, it, a.max_iterations)
-            t_steps += time.perf_counter() - t0
-            n_steps += 1
+            timer[0] += time.perf_counter() - t0
+            timer[1] += 1
             if self.is_main and (it + 1) % a.log_interval == 0 and terms:
-                values = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
-                for k, v in values.items():
-                    self.writer.add_scalar(k, v, it + 1)
-                self.writer.add_scalar("info/lr", optimizers[poly[0]].param_groups[0]["lr"], it + 1)
-                self.writer.add_scalar("info/sec_per_iter", t_steps / n_steps, it + 1)
-                log.info(f"iteration {it + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-                         + f", {t_steps / n_steps:.3f} s/it")
-                self.terms_log.append(it + 1, values)
-                t_steps, n_steps = 0.0, 0
-            if ((it + 1) % a.val_interval == 0 or it + 1 == a.max_iterations) and self.is_main:
-                best = self._validate(it + 1, eval_model, models, curve, best)
-                if it + 1 == a.max_iterations:  # the last network too, in the best file's format (test_ACDC.py)
-                    atomic_save(self._best_state(eval_model, models, it + 1, self._last_summary, kind="final"),
-                                self.final_path)
-            if ((it + 1) % a.checkpoint_interval == 0 or it + 1 in (a.max_iterations, stop)) and self.is_main:
-                atomic_save(state(it + 1), self.last_path)
-            if self.distributed and ((it + 1) % a.val_interval == 0 or it + 1 == stop):
-                dist.barrier()  # the others wait for rank 0's validation / checkpoint
+                self._log_terms(it + 1, terms, optimizers[poly[0]].param_groups[0]["lr"] if poly else None, timer)
+            self._validate_and_save(it + 1, stop_at, eval_model, models, st, save_last)
+            if self._any_rank(stop.signal is not None):  # every rank stops after the same step
+                save_last(it + 1)
+                signum = stop.signal or signal.SIGTERM
+                name = signal.Signals(signum).name
+                log.info(f"stopped by {name} at iteration {it + 1}; last.pth saved, run the same command to resume")
+                raise RunInterrupted(f"stopped by {name} at iteration {it + 1}: {self.last_path} saved; run the same "
+                                     f"command again to resume", signum)
         if self.writer:
             self.writer.close()
         if self.distributed:
             differ = replicas_differ(models, self.device)
-            if differ:
-                log.warning(f"weights of {differ} differ between ranks at iteration {stop}")
-            else:
-                log.info(f"weights identical on all {self.world_size} ranks at iteration {stop}")
-        if stop < a.max_iterations:
-            log.info(f"stopped at iteration {stop} (--max_run_iterations); run again to resume from {self.last_path}")
-            return best
-        log.info(f"done: best val mean Dice {best['dice']:.4f} at iteration {best['iteration']}; "
-                 f"{nonfinite_total} non-finite steps skipped; checkpoint {self.best_path}")
-        return best
+            log.warning(f"weights of {differ} differ between ranks at iteration {stop_at}") if differ else \
+                log.info(f"weights identical on all {self.world_size} ranks at iteration {stop_at}")
+        if stop_at < a.max_iterations:
+            log.info(f"stopped at iteration {stop_at} (--max_run_iterations); run again to resume from {self.last_path}")
+            return st["best"]
+        log.info(f"done: best val mean Dice {st['best']['dice']:.4f} at iteration {st['best']['iteration']}; "
+                 f"{st['nonfinite_total']} non-finite steps skipped; checkpoint {self.best_path}")
+        return st["best"]
+
+    def _restore(self, models, optimizers, generators):
+        """-> the loop state {iteration, best, curve, nonfinite_total}: fresh, or from the resumed last.pth."""
+        st = {"iteration": 0, "best": {"dice": -1.0, "iteration": 0}, "curve": [], "nonfinite_total": 0}
+        ckpt = self._resume_ckpt
+        if ckpt is None:
+            return st
+        path = self.resume_from
+        for name, m in models.items():
+            if name not in ckpt["models"]:
+                raise CheckpointError(f"{path}: has no model {name!r}; it was written by another script")
+            load_state(m, ckpt["models"][name], f"model {name!r}", path)
+        for name, o in optimizers.items():
+            o.load_state_dict(ckpt["optimizers"][name])
+        for name, g in generators.items():
+            g.set_state(ckpt["generators"][name])
+        set_rng_state(ckpt["rng"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        st.update(iteration=ckpt["iteration"], best=ckpt["best"], curve=ckpt["curve"],
+                  nonfinite_total=ckpt.get("nonfinite_total", 0))
+        self._resume_ckpt = None  # free the memory
+        self.logger.info(f"resumed from {path} at iteration {st['iteration']} (best val Dice "
+                         f"{st['best']['dice']:.4f})")
+        return st
+
+    def _check_finite_state(self, models, it):
+        """Every parameter and floating buffer finite after the step, or stop: the state is poisoned (e.g. BN
+        running statistics from an overflowing forward) and must not reach a checkpoint."""
+        bad = [n for n, m in models.items() if not _all_finite(m)]
+        if bad:
+            kept = f"{self.last_path} (iteration {_saved_iteration(self.last_path)}) is the last good state and was " \
+                   f"kept" if os.path.isfile(self.last_path) else "no good state was saved yet"
+            raise TooManyNonFinite(f"iteration {it}: the weights or buffers of {', '.join(bad)} are no longer finite "
+                                   f"after this step; {kept}. Start a new run (another --exp) with a lower "
+                                   f"--base_lr, or check the data (code/check_data.py).")
+
+    def _any_rank(self, flag):
+        return not all_ranks_true(not flag, self.device) if self.distributed else flag
+
+    def _log_terms(self, iteration, terms, lr, timer):
+        values = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, iteration)
+        if lr is not None:
+            self.writer.add_scalar("info/lr", lr, iteration)
+        self.writer.add_scalar("info/sec_per_iter", timer[0] / timer[1], iteration)
+        self.logger.info(f"iteration {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+                         + f", {timer[0] / timer[1]:.3f} s/it")
+        self.terms_log.append(iteration, values)
+        timer[:] = [0.0, 0]
+
+    def _validate_and_save(self, iteration, stop_at, eval_model, models, st, save_last):
+        """Validation every --val_interval (best/final checkpoints), last.pth every --checkpoint_interval and at
+        the end of this invocation; the other ranks wait for rank 0."""
+        a = self.args
+        validate = iteration % a.val_interval == 0 or iteration == a.max_iterations
+        if validate and self.is_main:
+            st["best"] = self._validate(iteration, eval_model, models, st["curve"], st["best"])
+            if iteration == a.max_iterations:  # the last network too, in the best file's format (test_ACDC.py)
+                atomic_save(self._best_state(eval_model, models, iteration, self._last_summary, kind="final"),
+                            self.final_path)
+        if iteration % a.checkpoint_interval == 0 or iteration in (a.max_iterations, stop_at):
+            save_last(iteration)
+        if self.distributed and (iteration % a.val_interval == 0 or iteration == stop_at):
+            dist.barrier()
 
     def _validate(self, iteration, eval_model, models, curve, best):
         """Score val, log it, extend the curve; save the best checkpoint on a new best mean Dice."""
@@ -376,11 +451,62 @@ class TrainingRun:
         plot_progress(os.path.join(self.snapshot, "progress.png"), self.terms_log.rows, curve)
 
 
+class _StopOnSignal:
+    """SIGTERM / SIGINT set `signal` (the loop saves and exits after the current step); a second SIGINT raises
+    KeyboardInterrupt at once. Handlers only in the main thread (elsewhere Python cannot install them)."""
+
+    def __init__(self):
+        self.signal, self._old = None, {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.pth (Ctrl-C again: stop at "
+              f"once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _all_finite(module):
+    """One reduction over every floating parameter and buffer: max |x| per tensor (inf-norm, no overflow)."""
+    tensors = [t.detach() for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+    if not tensors:
+        return True
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        total = torch.nn.utils.get_total_norm(tensors, norm_type=float("inf"), foreach=True)
+    else:
+        total = torch.stack([t.abs().max() for t in tensors]).max()
+    return bool(torch.isfinite(total))
+
+
+def _saved_iteration(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["iteration"]
+    except Exception:
+        return "?"
+
+
 def training_main(parse_args, build, semi_supervised=True, strong_view=None):
     """The `main(argv)` of a training script: parse its flags, set up the run, build its models, train."""
+    script = os.path.splitext(os.path.basename(inspect.getfile(build)))[0]
+
     def main(argv=None):
         args = parse_args(argv)
-        run = TrainingRun(args, semi_supervised, strong_view)
-        return run.fit(**build(args, run))
+        run = TrainingRun(args, semi_supervised, strong_view, script=script)
+        try:
+            parts = build(args, run)
+        except BaseException:
+            run.close()
+            raise
+        return run.fit(**parts)
 
     return main
