@@ -1,4 +1,4 @@
-"""Average the val results of the two train/val splits (MS-CMRSEG19, Task05 Prostate; SPEC §1 protocol).
+"""Average the val results of the two train/val splits (MS-CMRSEG19, Task05 Prostate; README, Method: Data).
 
     python code/test_ACDC.py --root_path data/MSCMR/split1 --exp MSCMR_split1/DiffRect --labelnum 7 --split val
     python code/test_ACDC.py --root_path data/MSCMR/split2 --exp MSCMR_split2/DiffRect --labelnum 7 --split val

@@ -1,6 +1,6 @@
-"""Validate a prepared dataset folder (SSL4MIS layout, SPEC §1) and print every problem, case by case.
+"""Validate a prepared dataset folder (SSL4MIS layout, README, Method: Data) and print every problem, case by case.
 
-    python code/check_data.py --root_path ../shared/data/ACDC
+    python code/check_data.py --root_path data/ACDC
 
 Checks: the dataset description, lists vs files, each file readable with 'image' and 'label' of equal 2-D
 (slices) or 3-D (volumes) shape, numeric image in [0, 1] without NaN, integer labels in [0, num_classes),
@@ -50,7 +50,7 @@ def check_dataset(root, dataset=None, num_classes=None):
     for name in ("train_slices", "val", "test"):
         ids = read_ids(os.path.join(root, f"{name}.list"))
         if ids is None:
-            if name != "test":  # a folder may hold back its test split (as ../shared/data/ACDC does)
+            if name != "test":  # a folder may hold back its test split (so that nobody tunes on it)
                 problems.append((f"{name}.list", "not found"))
             continue
         lists[name] = ids

@@ -1,12 +1,12 @@
 """Pack a prepared dataset folder (SSL4MIS layout) into one compressed file, and unpack it again.
 
-A GPU machine may take only a small tree along (SPEC §8: 64 MiB), and real ACDC is 107 MB of float32 h5 files.
+A GPU machine may take only a small tree along (e.g. 64 MiB), and real ACDC is 107 MB of float32 h5 files.
 Packed, every image is stored as 8-bit codes of its own [min, max] range (ACDC's images are min-max
 normalised to [0, 1], so the step is 1/255 and the largest error 1/510); labels and spacings are kept
 exactly, and so are the folder's `.list` files and `dataset.json`. Real ACDC (train slices + val) packs
 to 53 MiB.
 
-    python pack_dataset.py pack --root_path ../../shared/data/ACDC --out ../.gpu_data/ACDC.npz
+    python pack_dataset.py pack --root_path ../data/ACDC --out ../.gpu_data/ACDC.npz
     python pack_dataset.py unpack --packed ../.gpu_data/ACDC.npz --root_path /tmp/ACDC
 
 Keep the packed file out of the repository (it is the data: e.g. a folder listed in .git/info/exclude).

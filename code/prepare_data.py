@@ -1,4 +1,4 @@
-"""Prepare a dataset of the paper from its official download (NIfTI) into the SSL4MIS layout (SPEC §1).
+"""Prepare a dataset of the paper from its official download (NIfTI) into the SSL4MIS layout (README, Method: Data).
 
     python code/prepare_data.py acdc --input ~/ACDC/database --split_lists ~/SSL4MIS/data/ACDC   # SSL4MIS split
     python code/prepare_data.py acdc --input ~/ACDC/database                 # seeded 70/10/20 patient split

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from utils.checkpoint import atomic_write_text
 from utils.config import PROJECT_ROOT, UsageError, run_main
 from utils.experiment_presets import PRESETS
 
@@ -83,10 +84,8 @@ def state_of(job):
 
 def write_state(job, state, **extra):
     os.makedirs(job["folder"], exist_ok=True)
-    path = os.path.join(job["folder"], "run.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({**job, "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}, f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(os.path.join(job["folder"], "run.json"), lambda f: json.dump(
+        {**job, "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}, f, indent=2))
 
 
 def worker(path, max_run_iterations=None):
@@ -120,7 +119,8 @@ def worker(path, max_run_iterations=None):
 def _start(job, gpu, max_run_iterations):
     if gpu is not None:
         job = {**job, "train_argv": job["train_argv"] + ["--gpu", "0"]}
-    write_state(job, state_of(job)[0] if state_of(job)[0] != "new" else "queued")
+    state = state_of(job)[0]
+    write_state(job, "queued" if state == "new" else state)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", os.path.join(job["folder"], "run.json")]
     if max_run_iterations is not None:
         cmd += ["--max_run_iterations", str(max_run_iterations)]

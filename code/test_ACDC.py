@@ -1,4 +1,4 @@
-"""Evaluate a trained segmentation checkpoint on val and/or test volumes (SPEC §6).
+"""Evaluate a trained segmentation checkpoint on val and/or test volumes (README, Method: Evaluation).
 
 Prints a per-class + mean table (Dice, Jaccard, HD95, ASD), writes `{split}_per_case.csv` and
 `{split}_summary.json` next to the checkpoint, and on request NIfTI predictions and PNG overlays.
@@ -16,7 +16,7 @@ from dataloaders.dataset import VolumeDataset
 from dataloaders.datasets import load_dataset_info
 from networks.semantic_coloring import palette
 from networks.unet import net_factory
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state
+from utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state
 from utils.config import DEFAULT_DATA, PROJECT_ROOT, UsageError, add_channels_last_flag, memory_format, run_main, \
     select_device
 from utils.evaluation import evaluate
@@ -66,19 +66,6 @@ def write_overlays(out_dir, name, image, label, pred, num_classes, n_slices=3):
         cv2.imwrite(os.path.join(out_dir, f"{name}_slice{z + 1}.png"), panel)
 
 
-def write_atomically(path, write):
-    """write(f) into path's temporary neighbour, then rename: a failure leaves no partial file."""
-    try:
-        with open(path + ".tmp", "w", newline="") as f:
-            write(f)
-        os.replace(path + ".tmp", path)
-    except OSError as e:
-        if os.path.exists(path + ".tmp"):
-            os.unlink(path + ".tmp")
-        raise UsageError(f"{path}: cannot write the results ({e.strerror}); free space or make the folder "
-                         f"writable") from None
-
-
 def write_nifti(out_dir, name, image, label, pred, spacing):
     import SimpleITK as sitk
 
@@ -125,8 +112,8 @@ def main(argv=None):
     print(format_table(summary))
     rows = [["case", "class", *METRIC_KEYS, "empty_case"]] + [
         [c["name"], m["class"], *(f"{m[k]:.6f}" for k in METRIC_KEYS), m["case"]] for c in cases for m in c["metrics"]]
-    write_atomically(os.path.join(out, f"{prefix}{args.split}_per_case.csv"), lambda f: csv.writer(f).writerows(rows))
-    write_atomically(os.path.join(out, f"{prefix}{args.split}_summary.json"), lambda f: json.dump(
+    atomic_write_text(os.path.join(out, f"{prefix}{args.split}_per_case.csv"), lambda f: csv.writer(f).writerows(rows))
+    atomic_write_text(os.path.join(out, f"{prefix}{args.split}_summary.json"), lambda f: json.dump(
         {"checkpoint": path, "split": args.split, "iteration": ckpt["iteration"],
          "units": "mm" if args.use_spacing else "voxels", **summary}, f, indent=2))
     for i, c in enumerate(cases):

@@ -4,7 +4,7 @@ Specific flags: --consistency --consistency_rampup.
 
 The two networks are independent draws of the default initialisation (consecutive draws from the seeded
 generator). An earlier version re-drew net A with Kaiming-normal and net B with Xavier-normal weights: Kaiming's
-2.4x larger conv weights shrink the effective step of every BatchNorm'd conv, and under the SPEC §7 CPU protocol
+2.4x larger conv weights shrink the effective step of every BatchNorm'd conv, and under the CPU protocol
 net A (the one evaluated) reached 12.7 val Dice where net B reached 44.1.
 """
 import torch

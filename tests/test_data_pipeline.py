@@ -9,8 +9,9 @@ from dataloaders.augmentation import make_views, random_geometry, resize_pair, s
 from dataloaders.dataset import DataError, SliceDataset, VolumeDataset, read_case
 from dataloaders.datasets import DATASETS, labeled_slice_count, load_dataset_info
 from dataloaders.sampler import TwoStreamBatchSampler
+from conftest import REAL_ACDC
 
-ACDC = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ACDC")
+ACDC = REAL_ACDC
 
 
 # ----------------------------------------------------------------------------------------------- sampler

@@ -1,4 +1,4 @@
-"""Tests for utils.metrics (SPEC §6 evaluation protocol)."""
+"""Tests for utils.metrics (README, Method: Evaluation evaluation protocol)."""
 
 import math
 

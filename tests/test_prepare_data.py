@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import check_data
 import prepare_data
 from dataloaders.dataset import DataError
-from conftest import TEST_GPU
+from conftest import REAL_ACDC, TEST_GPU
 
 SPACING_XYZ = (1.25, 1.5, 8.0)  # (x, y, z) as ITK stores it; our h5 keeps (D, H, W) = (8, 1.5, 1.25)
 
@@ -205,9 +205,9 @@ def test_check_data_reports_each_problem(tiny_root, tmp_path, capsys):
 
 
 def test_check_data_accepts_the_real_acdc():
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ACDC")
+    root = REAL_ACDC
     if not os.path.isdir(root):
-        pytest.skip("../shared/data/ACDC is not beside this checkout")
+        pytest.skip("the real ACDC is not here ($DIFFRECT_ACDC or data/ACDC)")
     problems, stats = check_data.check_dataset(root)
     assert problems == [] and stats["slices"] == 1312 and stats["volumes"] == 20
 

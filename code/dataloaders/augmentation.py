@@ -1,8 +1,7 @@
-"""Weak and strong views of a 2-D slice (SPEC §4), in numpy/cv2 (no PIL round trips).
+"""Weak and strong views of a 2-D slice (README, Method: Training iteration), in numpy/cv2 (no PIL round trips).
 
 Order: resize to the patch -> one shared geometry (flip LR p=.5, flip UD p=.5, then p=.5 a rotation by an
-integer angle in [0, 358] about the centre, zero fill) = the weak view; the
-strong view is the weak view plus, in random order, contrast / sharpness / brightness enhancement (each
+integer angle in [0, 358] about the centre, zero fill) = the weak view; the strong view is the weak view plus, in random order, contrast / sharpness / brightness enhancement (each
 p=.5, factor 1 + U[0, 0.1)), then a Gaussian blur (p=.5, radius U[0, 1)). The enhancements follow
 PIL.ImageEnhance's definitions on a float image in [0, 1], clamped like PIL's 8-bit output.
 All randomness comes from the numpy Generator passed in, so a sample is a pure function of its seed.

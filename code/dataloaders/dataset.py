@@ -1,8 +1,8 @@
-"""h5 datasets in the SSL4MIS layout (SPEC §1): training slices and evaluation volumes.
+"""h5 datasets in the SSL4MIS layout (README, Method: Data): training slices and evaluation volumes.
 
 Every file is checked when it is read (datasets present, 2-D/3-D shapes agree, finite image, labels in
 [0, num_classes)); a bad file raises DataError naming it. Training slices are read once, resized to the
-patch and cached in memory (resizing comes first in SPEC §4, so the cache holds exactly what augmentation
+patch and cached in memory (resizing comes first in the training iteration, so the cache holds exactly what augmentation
 starts from).
 """
 import os

@@ -1,4 +1,4 @@
-"""Per-dataset descriptions (SPEC §1): classes, and how many labeled slices `--labelnum` patients give.
+"""Per-dataset descriptions (README, Method: Data): classes, and how many labeled slices `--labelnum` patients give.
 
 A prepared folder may carry a `dataset.json` ({"dataset", "num_classes", "class_names",
 "patients_to_slices"}); otherwise the dataset is named explicitly with `--dataset`. Nothing is guessed from
@@ -54,7 +54,7 @@ def load_dataset_info(root_path, dataset=None):
 
 
 def labeled_slice_count(info, labelnum, n_slices):
-    """SPEC §1: the labeled set is the first N slices of train_slices.list, N from the table."""
+    """README, Method: Data: the labeled set is the first N slices of train_slices.list, N from the table."""
     if labelnum not in info.patients_to_slices:
         raise DataError(f"--labelnum {labelnum} is not in the {info.name} table; choose one of "
                          f"{sorted(info.patients_to_slices)}")

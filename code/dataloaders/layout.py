@@ -1,4 +1,4 @@
-"""The SSL4MIS folder layout (SPEC §1): writing h5 files, list files (and reading them back), and the folder
+"""The SSL4MIS folder layout (README, Method: Data): writing h5 files, list files (and reading them back), and the folder
 itself, atomically.
 
 A dataset folder is built in a temporary sibling and renamed into place at the end, so a half-written folder

@@ -1,7 +1,7 @@
 """The official downloads of the paper's three datasets: finding their cases and reading them (NIfTI).
 
 Each reader returns, per case, the image as float32 (D, H, W) min-max normalised to [0, 1] as a whole volume,
-the label as uint8 (D, H, W) remapped to our contiguous ids (SPEC §1), and the voxel spacing in mm in the same
+the label as uint8 (D, H, W) remapped to our contiguous ids (README, Method: Data), and the voxel spacing in mm in the same
 (D, H, W) axis order. Anything unusable raises DataError naming the case and the fix.
 NIfTI is read with SimpleITK, which test_ACDC.py also uses to write its NIfTI outputs.
 """

@@ -7,7 +7,7 @@ may lose the RV and/or the LV cavity. The image gets per-class intensities, part
 multiplicative bias field and Gaussian noise, then is min-max normalised to [0, 1] over the whole volume
 and stored on a 1/256 grid (exact in float32; keeps the default dataset ~11 MB).
 
-Layout written by :func:`generate_dataset` (see SPEC §1)::
+Layout written by :func:`generate_dataset` (see README, Method: Data)::
 
     <out>/train_slices.list  train.list  val.list  test.list  dataset.json
     <out>/data/<volume>.h5                 'image' (D,H,W) float32 in [0,1], 'label' (D,H,W) uint8

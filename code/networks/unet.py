@@ -1,4 +1,4 @@
-"""The segmentation U-Net theta of SSL4MIS (SPEC §2): 1,813,764 parameters for 4 classes."""
+"""The segmentation U-Net theta of SSL4MIS (README, Method: Networks): 1,813,764 parameters for 4 classes."""
 import torch.nn as nn
 
 from networks.blocks import Decoder, Encoder

@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 import torch
 
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, UsageError
 
 FORMAT = "diffrect-ckpt-1"
 
@@ -43,6 +43,21 @@ def atomic_save(obj, path):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_text(path, write):
+    """write(f) into a temporary neighbour of `path`, then rename: readers never see a partial file, and a failed
+    write (full disk, read-only folder) leaves none behind and ends in one line naming the file."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UsageError(f"{path}: cannot be written ({e.strerror}); free disk space or make the folder "
+                         f"writable") from None
 
 
 def _umask():

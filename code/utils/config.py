@@ -73,7 +73,7 @@ def consistency_flags(parser, title):
 
 
 def semi_supervised_flags(parser):
-    """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (SPEC §4)."""
+    """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (README, Method: Training iteration)."""
     g = consistency_flags(parser, "semi-supervised segmentation step")
     g.add_argument("--conf_thresh", type=float, default=0.8, help="confidence mask threshold of pseudo labels")
     return parser

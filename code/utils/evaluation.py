@@ -1,4 +1,4 @@
-"""Volume inference and scoring (SPEC §6), shared by validation during training and test_ACDC.py.
+"""Volume inference and scoring (README, Method: Evaluation), shared by validation during training and test_ACDC.py.
 
 Per volume: each slice resized to the training patch (linear), batched through the network; the class
 probabilities are resampled to the slice's own size (bilinear, centre-aligned, as the image was resized) and

@@ -3,6 +3,8 @@ val Dice against iteration (after nnU-Net's progress plot), redrawn at every val
 import csv
 import os
 
+from utils.checkpoint import atomic_write_text
+
 
 class TermsLog:
     """train_terms.csv: one row per log line (iteration + every logged term). Resuming at iteration `start`
@@ -21,12 +23,19 @@ class TermsLog:
         self._write()
 
     def _write(self):
-        keys = list(dict.fromkeys(k for r in self.rows for k in r)) or ["iteration"]
-        with open(self.path + ".tmp", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(self.path + ".tmp", self.path)
+        write_csv(self.path, self.rows)
+
+
+def write_csv(path, rows):
+    """rows (dicts; the columns are every key in order of appearance) -> path, atomically."""
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["iteration"]
+
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+    atomic_write_text(path, write)
 
 
 def plot_progress(path, terms, curve):

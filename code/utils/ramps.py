@@ -1,4 +1,4 @@
-"""Ramp-ups and learning-rate schedules (SPEC §4)."""
+"""Ramp-ups and learning-rate schedules (README, Method: Training iteration)."""
 import math
 
 
