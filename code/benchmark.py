@@ -147,8 +147,8 @@ def bench_one(method, a):
     if method.startswith("diffrect"):
         argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
     args = script.parse_args(argv)
-    run = TrainingRun(args, script.SEMI_SUPERVISED, script=METHODS[method])
-    parts = script.build(args, run)
+    run = TrainingRun(args, script.BATCHES, script=METHODS[method])  # the batches the script itself trains on
+    method_parts = script.build(args, run)
     dev = run.device
     loader = iter(run.loader(0))
 
@@ -157,7 +157,7 @@ def bench_one(method, a):
 
     batch = next_batch()
     def step(b, it):
-        return run.step(parts["train_step"], b, it)
+        return run.step(method_parts.train_step, b, it)
 
     for it in range(1, a.warmup + 1):
         step(batch, it)

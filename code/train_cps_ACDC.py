@@ -14,10 +14,10 @@ from networks.unet import net_factory
 from utils.config import consistency_flags, run_main, training_parser
 from utils.losses import seg_loss
 from utils.ramps import consistency_weight
-from utils.trainer import training_main
+from utils.trainer import Batches, Method, TrainingRun
 
 
-SEMI_SUPERVISED = True
+BATCHES = Batches(semi_supervised=True, strong_view=False)
 
 
 def parse_args(argv):
@@ -33,7 +33,7 @@ def cross_targets(logits_a, logits_b):
 
 
 def build(args, run):
-    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    """The method's networks, optimizers and train step, as the Method that run.fit trains."""
     def make():
         net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
         return net, torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
@@ -52,12 +52,16 @@ def build(args, run):
         run.backward_step((optimizer_a, optimizer_b), sup_a + sup_b + w * (cps_a + cps_b), "L_cps")
         return {"seg/sup_a": sup_a, "seg/sup_b": sup_b, "cps/a": cps_a, "cps/b": cps_b, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": net_a, "model_b": net_b},
-                optimizers={"optimizer": optimizer_a, "optimizer_b": optimizer_b}, poly=("optimizer", "optimizer_b"),
-                eval_model=net_a)
+    return Method(train_step=train_step, models={"model": net_a, "model_b": net_b},
+                  optimizers={"optimizer": optimizer_a, "optimizer_b": optimizer_b},
+                  lr_schedules={"optimizer": "poly", "optimizer_b": "poly"}, eval_model=net_a)
 
 
-main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)
+def main(argv=None):
+    """Flags -> the run (snapshot folder, data, device) -> the method's networks and step -> training."""
+    args = parse_args(argv)
+    with TrainingRun(args, BATCHES) as run:
+        return run.fit(build(args, run))
 
 
 if __name__ == "__main__":

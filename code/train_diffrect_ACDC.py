@@ -17,10 +17,10 @@ from utils.calibration import GUIDANCES, calibration_guidance, overlap_scores
 from utils.config import UsageError, run_main, semi_supervised_flags, training_parser
 from utils.losses import complementary_loss, fixmatch_losses, masked_pseudo_label, seg_loss
 from utils.ramps import consistency_weight
-from utils.trainer import training_main
+from utils.trainer import Batches, Method, TrainingRun
 
 
-SEMI_SUPERVISED = True
+BATCHES = Batches(semi_supervised=True, strong_view=True)
 
 
 def parse_args(argv):
@@ -53,11 +53,13 @@ def parse_args(argv):
 
 
 def build(args, run):
-    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    """The method's networks, optimizers and train step, as the Method that run.fit trains."""
     C, lbs, thresh = run.num_classes, args.labeled_bs, args.conf_thresh
     net = net_factory(args.model, in_chns=1, class_num=C).to(run.device)
-    rectifier_net = Rectifier(C, "onehot" if args.no_scs else "color", args.ts, args.base_chn_rf, args.cond_input,
-                              bool(args.clip_latent), not args.no_lfr, args.ts_sample, args.sampler,
+    rectifier_net = Rectifier(num_classes=C, label_scheme="onehot" if args.no_scs else "color", T=args.ts,
+                              base_chn=args.base_chn_rf, cond_input=args.cond_input,
+                              clip_latent=bool(args.clip_latent), use_diffusion=not args.no_lfr,
+                              sample_steps=args.ts_sample, sampler=args.sampler,
                               schedule=args.beta_schedule).to(run.device)
     sgd = dict(lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
     optimizer = torch.optim.SGD(net.parameters(), **sgd)
@@ -119,12 +121,17 @@ def build(args, run):
                            it)
         return terms
 
-    return dict(train_step=train_step, models={"model": net, "rectifier": rectifier_net},
-                optimizers={"optimizer": optimizer, "optimizer_rf": optimizer_rf}, eval_model=net,
-                generators={"noise": noise})
+    return Method(train_step=train_step, models={"model": net, "rectifier": rectifier_net},
+                  optimizers={"optimizer": optimizer, "optimizer_rf": optimizer_rf},
+                  lr_schedules={"optimizer": "poly", "optimizer_rf": "constant"}, eval_model=net,
+                  generators={"noise": noise})
 
 
-main = training_main(parse_args, build, SEMI_SUPERVISED)  # flags -> TrainingRun -> build -> fit
+def main(argv=None):
+    """Flags -> the run (snapshot folder, data, device) -> the method's networks and step -> training."""
+    args = parse_args(argv)
+    with TrainingRun(args, BATCHES) as run:
+        return run.fit(build(args, run))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ from networks.semantic_coloring import colorize
 from networks.unet import net_factory
 from utils.config import run_main, training_parser
 from utils.losses import seg_loss
-from utils.trainer import training_main
+from utils.trainer import Batches, Method, TrainingRun
 
 
-SEMI_SUPERVISED = False
+BATCHES = Batches(semi_supervised=False, strong_view=False)
 
 
 def parse_args(argv):
@@ -19,7 +19,7 @@ def parse_args(argv):
 
 
 def build(args, run):
-    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    """The method's networks, optimizers and train step, as the Method that run.fit trains."""
     net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
     model = run.wrap(net)  # DDP under torchrun, `net` itself otherwise
@@ -35,10 +35,15 @@ def build(args, run):
                                                    colorize(logits[:1].argmax(1), c)[0]], it)
         return {"loss/seg": loss}
 
-    return dict(train_step=train_step, models={"model": net}, optimizers={"optimizer": optimizer}, eval_model=net)
+    return Method(train_step=train_step, models={"model": net}, optimizers={"optimizer": optimizer},
+                  lr_schedules={"optimizer": "poly"}, eval_model=net)
 
 
-main = training_main(parse_args, build, SEMI_SUPERVISED)  # flags -> TrainingRun -> build -> fit
+def main(argv=None):
+    """Flags -> the run (snapshot folder, data, device) -> the method's networks and step -> training."""
+    args = parse_args(argv)
+    with TrainingRun(args, BATCHES) as run:
+        return run.fit(build(args, run))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from utils.config import UsageError, consistency_flags, run_main, training_parse
 from utils.losses import seg_loss
 from utils.mean_teacher import ema_update, make_teacher
 from utils.ramps import consistency_weight
-from utils.trainer import training_main
+from utils.trainer import Batches, Method, TrainingRun
 
 
-SEMI_SUPERVISED = True
+BATCHES = Batches(semi_supervised=True, strong_view=False)
 
 
 def parse_args(argv):
@@ -34,7 +34,7 @@ def mix(a, b, lam):
 
 
 def build(args, run):
-    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    """The method's networks, optimizers and train step, as the Method that run.fit trains."""
     n_mix = (args.batch_size - args.labeled_bs) // 2
     net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     teacher = make_teacher(net)
@@ -57,11 +57,15 @@ def build(args, run):
         return {"seg/sup": sup, "ict/consistency": consistency, "info/mix_mean": lam.mean(),
                 "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": net, "teacher": teacher},
-                optimizers={"optimizer": optimizer}, eval_model=net)
+    return Method(train_step=train_step, models={"model": net, "teacher": teacher},
+                  optimizers={"optimizer": optimizer}, lr_schedules={"optimizer": "poly"}, eval_model=net)
 
 
-main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)
+def main(argv=None):
+    """Flags -> the run (snapshot folder, data, device) -> the method's networks and step -> training."""
+    args = parse_args(argv)
+    with TrainingRun(args, BATCHES) as run:
+        return run.fit(build(args, run))
 
 
 if __name__ == "__main__":

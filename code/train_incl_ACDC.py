@@ -21,10 +21,10 @@ from networks.unet import net_factory
 from utils.config import consistency_flags, run_main, training_parser
 from utils.losses import seg_loss
 from utils.ramps import consistency_weight
-from utils.trainer import training_main
+from utils.trainer import Batches, Method, TrainingRun
 
 
-SEMI_SUPERVISED = True
+BATCHES = Batches(semi_supervised=True, strong_view=False)
 
 
 def parse_args(argv):
@@ -57,7 +57,7 @@ class SemanticProxies(nn.Module):
 
 
 def build(args, run):
-    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    """The method's networks, optimizers and train step, as the Method that run.fit trains."""
     net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     proxy_net = SemanticProxies(run.num_classes, net.decoder.out_conv.in_channels, args.proxy_dim).to(run.device)
     optimizer = torch.optim.SGD([*net.parameters(), *proxy_net.parameters()], lr=args.base_lr, momentum=0.9,
@@ -78,11 +78,15 @@ def build(args, run):
         run.backward_step(optimizer, sup + sspa + w * uscl, "L_incl")
         return {"seg/sup": sup, "incl/sspa": sspa, "incl/uscl": uscl, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": net, "proxies": proxy_net},
-                optimizers={"optimizer": optimizer}, eval_model=net)
+    return Method(train_step=train_step, models={"model": net, "proxies": proxy_net},
+                  optimizers={"optimizer": optimizer}, lr_schedules={"optimizer": "poly"}, eval_model=net)
 
 
-main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)
+def main(argv=None):
+    """Flags -> the run (snapshot folder, data, device) -> the method's networks and step -> training."""
+    args = parse_args(argv)
+    with TrainingRun(args, BATCHES) as run:
+        return run.fit(build(args, run))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ import torch
 from networks.unet import net_factory
 from utils.config import UsageError, consistency_flags, run_main, training_parser
 from utils.losses import seg_loss
-from utils.mean_teacher import ema_update, make_teacher
+from utils.mean_teacher import ema_update, make_teacher, noisy
 from utils.ramps import consistency_weight, sigmoid_rampup
-from utils.trainer import training_main
+from utils.trainer import Batches, Method, TrainingRun
 
 
-SEMI_SUPERVISED = True
+BATCHES = Batches(semi_supervised=True, strong_view=False)
 
 
 def parse_args(argv):
@@ -28,11 +28,6 @@ def parse_args(argv):
     if args.uncertainty_T < 2 or args.uncertainty_T % 2:
         raise UsageError(f"--uncertainty_T {args.uncertainty_T} must be a positive even number")
     return args
-
-
-def noisy(x):
-    """The teacher's input perturbation: Gaussian noise, sigma 0.1, clipped to +-0.2."""
-    return x + torch.clamp(torch.randn_like(x) * 0.1, -0.2, 0.2)
 
 
 @torch.no_grad()
@@ -50,7 +45,7 @@ def uncertainty_threshold(iteration, max_iterations, base):
 
 
 def build(args, run):
-    """Models, optimizers and the train step; `run.fit(**build(args, run))` trains them."""
+    """The method's networks, optimizers and train step, as the Method that run.fit trains."""
     net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     teacher = make_teacher(net)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
@@ -74,11 +69,15 @@ def build(args, run):
         return {"seg/sup": sup, "uamt/consistency": consistency, "uamt/certain_fraction": certain.mean(),
                 "info/threshold": threshold, "info/consistency_weight": w}
 
-    return dict(train_step=train_step, models={"model": net, "teacher": teacher},
-                optimizers={"optimizer": optimizer}, eval_model=net)
+    return Method(train_step=train_step, models={"model": net, "teacher": teacher},
+                  optimizers={"optimizer": optimizer}, lr_schedules={"optimizer": "poly"}, eval_model=net)
 
 
-main = training_main(parse_args, build, SEMI_SUPERVISED, strong_view=False)
+def main(argv=None):
+    """Flags -> the run (snapshot folder, data, device) -> the method's networks and step -> training."""
+    args = parse_args(argv)
+    with TrainingRun(args, BATCHES) as run:
+        return run.fit(build(args, run))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import train_cps_ACDC
 import train_ict_ACDC
 import train_incl_ACDC
 import train_mcnetv2_ACDC
+import train_mean_teacher_ACDC
 import train_uamt_ACDC
 from networks.unet import UNet, net_factory
 from test_training import SMALL, logged_terms
@@ -19,7 +20,7 @@ from conftest import TEST_GPU
 
 SCRIPTS = {"uamt": (train_uamt_ACDC, "uamt/consistency"), "cps": (train_cps_ACDC, "cps/a"),
            "ict": (train_ict_ACDC, "ict/consistency"), "mcnetv2": (train_mcnetv2_ACDC, "mcnet/consistency"),
-           "incl": (train_incl_ACDC, "incl/uscl")}
+           "incl": (train_incl_ACDC, "incl/uscl"), "meanteacher": (train_mean_teacher_ACDC, "mt/consistency")}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

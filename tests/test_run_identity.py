@@ -1,5 +1,6 @@
 """A run's folder is its identity: resume refuses another run, nothing poisoned is kept, one writer at a time,
 SIGTERM / Ctrl-C save and exit cleanly, and the small faults end in one clear line."""
+import dataclasses
 import errno
 import json
 import os
@@ -23,7 +24,7 @@ from dataloaders.dataset import DataError
 from utils import checkpoint as ckpt_mod
 from utils.errors import CheckpointError, TooManyNonFinite, UsageError
 from utils.run_folder import RESUMABLE_FLAGS
-from utils.trainer import training_main
+from utils.trainer import TrainingRun
 
 CODE = os.path.join(os.path.dirname(__file__), "..", "code")
 
@@ -94,8 +95,8 @@ def test_num_classes_must_match_the_dataset(tiny_root, tmp_path):
 def _poisoning_main(at):
     """The supervised script, except that after iteration `at` a BatchNorm running_var turns infinite."""
     def build(args, run):
-        parts = train_fully_supervised_ACDC.build(args, run)
-        step, net = parts["train_step"], parts["models"]["model"]
+        method = train_fully_supervised_ACDC.build(args, run)
+        step, net = method.train_step, method.models["model"]
         bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
         def train_step(batch, it):
@@ -104,9 +105,14 @@ def _poisoning_main(at):
                 bn.running_var.fill_(float("inf"))
             return terms
 
-        return {**parts, "train_step": train_step}
+        return dataclasses.replace(method, train_step=train_step)
 
-    return training_main(train_fully_supervised_ACDC.parse_args, build, semi_supervised=False)
+    def main(argv):
+        args = train_fully_supervised_ACDC.parse_args(argv)
+        with TrainingRun(args, train_fully_supervised_ACDC.BATCHES, script="train_fully_supervised_ACDC") as run:
+            return run.fit(build(args, run))
+
+    return main
 
 
 def test_a_poisoned_state_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):

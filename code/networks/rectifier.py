@@ -23,7 +23,7 @@ SAMPLERS = ("ddim", "ddpm")
 
 
 class Rectifier(nn.Module):
-    def __init__(self, num_classes, label_scheme="color", T=10, base_chn=64, cond_input="skip", clip_latent=True,
+    def __init__(self, num_classes, *, label_scheme="color", T=10, base_chn=64, cond_input="skip", clip_latent=True,
                  use_diffusion=True, sample_steps=2, sampler="ddim", schedule="cosine"):
         super().__init__()
         if cond_input not in COND_INPUTS:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 METHODS = {
     "supervised": ("train_fully_supervised_ACDC", []),
     "fixmatch": ("train_fixmatch_ACDC", []),
+    "meanteacher": ("train_mean_teacher_ACDC", []),
     "uamt": ("train_uamt_ACDC", []),
     "cps": ("train_cps_ACDC", []),
     "ict": ("train_ict_ACDC", []),
@@ -97,7 +98,7 @@ PRESETS = {p.name: p for p in [
                                "diffrect-ts20": ["--ts", "20"], "diffrect-ts_sample5": ["--ts_sample", "5"]})),
     Preset("cpu-acdc", "the CPU protocol: every method on ACDC 5 % at 128², batch 8 (4), 1200 iterations, "
            "consistency ramp 8, DiffRect's rectification from iteration 400",
-           "data/ACDC", _runs(BASELINES + ["diffrect"], (3,), _CPU, {"diffrect": ["--refine_start", "400"]},
+           "data/ACDC", _runs(BASELINES + ["meanteacher", "diffrect"], (3,), _CPU, {"diffrect": ["--refine_start", "400"]},
                               semi=("--consistency_rampup", "8"))),
     Preset("smoke", "seconds: supervised, FixMatch and DiffRect on a tiny synthetic dataset (tests, a first look)",
            "data/synthetic_smoke", _runs(["supervised", "fixmatch", "diffrect"], (3,),

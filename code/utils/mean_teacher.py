@@ -1,4 +1,4 @@
-"""The mean teacher shared by UA-MT and ICT: a copy of the student whose weights are an EMA of the student's."""
+"""The mean teacher shared by Mean Teacher, UA-MT and ICT: a copy of the student whose weights are an EMA of the student's."""
 import copy
 
 import torch
@@ -21,3 +21,8 @@ def ema_update(teacher, student, decay, iteration):
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(a).add_(s.detach(), alpha=1.0 - a)
     return a
+
+
+def noisy(x):
+    """The teacher's input perturbation of SSL4MIS: Gaussian noise, sigma 0.1, clipped to +-0.2. (B,1,H,W)."""
+    return x + torch.clamp(torch.randn_like(x) * 0.1, -0.2, 0.2)

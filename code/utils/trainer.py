@@ -1,7 +1,8 @@
 """The training loop every script shares: snapshot folder, logging, data, validation, checkpoints, resume.
 
-A training script builds its models and optimizers, writes one `train_step(batch, iteration)` that returns
-its named loss terms, and hands both to `TrainingRun.fit`. Everything else lives here, once:
+A training script declares what its batches hold (`Batches`), builds its models and optimizers, writes one
+`train_step(batch, iteration)` that returns its named loss terms, and returns them as a `Method`, which
+`TrainingRun.fit` trains. Everything else lives here, once:
 
 - snapshot `model/{exp}_{labelnum}_labeled/{model}/`: config.json, log.txt, tensorboard events,
   `{model}_best_model.pth` (best val mean Dice), `{model}_final_model.pth` (the last network), `last.pth`
@@ -17,9 +18,13 @@ its named loss terms, and hands both to `TrainingRun.fit`. Everything else lives
   last.pth on disk, the last good state;
 - SIGTERM / Ctrl-C: the current step finishes, last.pth is saved, the run exits (128 + signal number); a
   second Ctrl-C stops at once.
+
+The contract of a `Method` is checked before the first step (`check_method`): every module the step uses (any
+network passed to `run.wrap`, any teacher it closes over) is in `models`, so it is saved and resumed; every
+optimizer has a named LR schedule and optimizes only parameters of `models`; `eval_model` is one of `models`.
 """
 import contextlib
-import inspect
+import functools
 import json
 import logging
 import os
@@ -28,6 +33,8 @@ import signal
 import sys
 import threading
 import time
+import types
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -75,10 +82,33 @@ def compile_in_place(net):
     return parts
 
 
+@dataclass(frozen=True)
+class Batches:
+    """What a script's batches hold, declared once per script as BATCHES (its main and benchmark.py read it)."""
+    semi_supervised: bool = True   # labeled_bs labeled + the rest unlabeled slices; False: batch_size labeled
+    strong_view: bool = False      # each slice also as the strong view `image_strong` (FixMatch, DiffRect)
+
+
+LR_SCHEDULES = ("poly", "constant")  # poly: base_lr (1 - iter/max)^0.9, after every step; constant: base_lr
+
+
+@dataclass
+class Method:
+    """What a script's build() returns: everything fit needs to train one method."""
+    train_step: callable    # (batch, iteration) -> {term name: value}; batch: image (B,1,H,W), label (B,H,W), ...
+    models: dict            # name -> nn.Module: every module with weights or buffers the step uses
+    optimizers: dict        # name -> torch.optim.Optimizer
+    lr_schedules: dict      # optimizer name -> one of LR_SCHEDULES, for every optimizer
+    eval_model: nn.Module   # the network validated and saved as the best/final model; one of models
+    generators: dict = field(default_factory=dict)  # name -> torch.Generator, restored on resume
+
+
 class TrainingRun:
-    def __init__(self, args, semi_supervised=True, strong_view=None, script=None):
-        """strong_view: also make the strong view `image_strong` (default: for semi-supervised scripts).
-        script: the training script's name (part of the run's identity; default: the caller's file)."""
+    def __init__(self, args, batches, script=None):
+        """batches: the script's Batches. script: the training script's name (part of the run's identity;
+        default: the caller's file). Use as a context manager (`with TrainingRun(...) as run:`), which
+        releases the snapshot folder however the block ends."""
+        semi_supervised, strong = batches.semi_supervised, batches.strong_view
         args.semi_supervised = semi_supervised
         args.script = script or os.path.splitext(os.path.basename(sys._getframe(1).f_code.co_filename))[0]
         self.args = check_args(args)
@@ -106,7 +136,6 @@ class TrainingRun:
             check_same_run(self._resume_ckpt.get("config", {}), vars(args), self.resume_from)
         # the data is read and checked before anything is written, so bad input leaves no trace
         notes = []
-        strong = semi_supervised if strong_view is None else strong_view
         self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size, strong=strong,
                                       skip_bad=args.skip_bad_samples, log=notes.append)
         n_lab = labeled_slice_count(self.info, args.labelnum, len(self.train_set))
@@ -143,6 +172,7 @@ class TrainingRun:
             self.logger.warning(f"{len(self.train_set.skipped)} bad slices skipped (--skip_bad_samples)")
         seed_everything(args.seed, args.deterministic)
         self.writer = None
+        self.wrapped = []  # every network passed to wrap (check_method: each must be in the Method's models)
         if self.is_main:
             with open(os.path.join(self.snapshot, "config.json"), "w") as f:
                 json.dump(vars(args), f, indent=2, sort_keys=True)
@@ -157,6 +187,12 @@ class TrainingRun:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _resume_source(self):
@@ -213,6 +249,7 @@ class TrainingRun:
         some parameters may get no gradient in a step (DDP must then look for them). With --compile the
         network's forward (or, for one called only through its methods such as the rectifier, each child's
         forward) is compiled in place: parameters and state dicts stay those of `net`."""
+        self.wrapped.append(net)
         if self.args.compile:
             compile_in_place(net)
         return DistributedNet(net, self.device, find_unused) if self.distributed else net
@@ -256,19 +293,22 @@ class TrainingRun:
         return grid
 
     # ------------------------------------------------------------------------------------------- the loop
-    def fit(self, train_step, models, optimizers, eval_model, poly=("optimizer",), generators=None):
-        """Run iterations [start, max_iterations). models / optimizers / generators: dicts by name; the
-        optimizers named in `poly` follow the poly LR schedule, the others keep their LR."""
+    def fit(self, method):
+        """Train `method` (a Method) over iterations [start, max_iterations) -> the best validation."""
+        check_method(method, self.wrapped)
         try:
             with _StopOnSignal() as stop:
-                return self._loop(train_step, models, optimizers, eval_model, poly, generators or {}, stop)
+                return self._loop(method, stop)
         finally:
             self.close()
 
-    def _loop(self, train_step, models, optimizers, eval_model, poly, generators, stop):
+    def _loop(self, method, stop):
         from tensorboardX import SummaryWriter
 
         a, log = self.args, self.logger
+        train_step, models, optimizers, eval_model, generators = (method.train_step, method.models, method.optimizers,
+                                                                  method.eval_model, method.generators)
+        poly = [n for n, schedule in method.lr_schedules.items() if schedule == "poly"]
         st = self._restore(models, optimizers, generators)
         if st["iteration"] >= a.max_iterations:
             log.info(f"nothing to do: already at iteration {st['iteration']} of {a.max_iterations}")
@@ -322,7 +362,7 @@ class TrainingRun:
             timer[0] += time.perf_counter() - t0
             timer[1] += 1
             if self.is_main and (it + 1) % a.log_interval == 0 and terms:
-                self._log_terms(it + 1, terms, optimizers[poly[0]].param_groups[0]["lr"] if poly else None, timer)
+                self._log_terms(it + 1, terms, optimizers[(poly or list(optimizers))[0]].param_groups[0]["lr"], timer)
             self._validate_and_save(it + 1, stop_at, eval_model, models, st, save_last)
             if self._any_rank(stop.signal is not None):  # every rank stops after the same step
                 save_last(it + 1)
@@ -338,7 +378,8 @@ class TrainingRun:
             log.warning(f"weights of {differ} differ between ranks at iteration {stop_at}") if differ else \
                 log.info(f"weights identical on all {self.world_size} ranks at iteration {stop_at}")
         if stop_at < a.max_iterations:
-            log.info(f"stopped at iteration {stop_at} (--max_run_iterations); run again to resume from {self.last_path}")
+            log.info(f"stopped at iteration {stop_at} (--max_run_iterations); run again to resume from "
+                     f"{self.last_path}")
             return st["best"]
         log.info(f"done: best val mean Dice {st['best']['dice']:.4f} at iteration {st['best']['iteration']}; "
                  f"{st['nonfinite_total']} non-finite steps skipped; checkpoint {self.best_path}")
@@ -490,18 +531,67 @@ def _largest_magnitude(module):
     return total.float()
 
 
-def training_main(parse_args, build, semi_supervised=True, strong_view=None):
-    """The `main(argv)` of a training script: parse its flags, set up the run, build its models, train."""
-    script = os.path.splitext(os.path.basename(inspect.getfile(build)))[0]
+def check_method(method, wrapped=()):
+    """The Method contract, checked before the first step; a breach raises TypeError naming what to change.
+    wrapped: the networks passed to run.wrap."""
+    if not isinstance(method, Method):
+        raise TypeError(f"build() must return utils.trainer.Method(train_step=..., models=..., optimizers=..., "
+                        f"lr_schedules=..., eval_model=...), not {type(method).__name__}")
+    if set(method.lr_schedules) != set(method.optimizers):
+        raise TypeError(f"Method.lr_schedules must name every optimizer and nothing else: optimizers "
+                        f"{sorted(method.optimizers)}, lr_schedules {sorted(method.lr_schedules)}")
+    for name, schedule in method.lr_schedules.items():
+        if schedule not in LR_SCHEDULES:
+            raise TypeError(f"Method.lr_schedules[{name!r}] = {schedule!r}: choose one of {LR_SCHEDULES}")
+    owned = {id(m) for net in method.models.values() for m in net.modules()}
+    if id(method.eval_model) not in {id(m) for m in method.models.values()}:
+        raise TypeError("Method.eval_model must be one of Method.models (it is validated and saved from there)")
+    params = {id(p) for net in method.models.values() for p in net.parameters()}
+    for name, opt in method.optimizers.items():
+        if any(id(p) not in params for g in opt.param_groups for p in g["params"]):
+            raise TypeError(f"optimizer {name!r} updates parameters of a module that is not in Method.models: add "
+                            f"that module to models, or resume would restore its optimizer but not its weights")
+    for what, net in [*_modules_used(method.train_step), *(("run.wrap", n) for n in wrapped)]:
+        if _has_state(net) and id(net) not in owned:
+            raise TypeError(f"{what}: a {type(net).__name__} with weights or buffers that is not in Method.models; "
+                            f"add it (e.g. models={{..., 'teacher': teacher}}), or checkpoints would not save it and "
+                            f"resume would restart it from scratch")
 
-    def main(argv=None):
-        args = parse_args(argv)
-        run = TrainingRun(args, semi_supervised, strong_view, script=script)
+
+def _has_state(module):
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _modules_used(fn, seen=None):
+    """[(where, nn.Module)] that `fn` reaches through its closure: modules, DDP wrappers (DistributedNet), and
+    modules inside the functions, partials, lists, tuples and dicts it closes over (recursively)."""
+    seen = set() if seen is None else seen
+    if id(fn) in seen:
+        return []
+    seen.add(id(fn))
+    found = []
+
+    def visit(name, value):
+        if isinstance(value, DistributedNet):
+            value = value.net
+        if isinstance(value, nn.Module):
+            found.append((f"train_step uses {name!r}", value))
+        elif isinstance(value, (types.FunctionType, functools.partial)):
+            found.extend(_modules_used(value, seen))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(name, v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(name, v)
+
+    if isinstance(fn, functools.partial):
+        for v in (fn.func, *fn.args, *fn.keywords.values()):
+            visit(getattr(fn.func, "__name__", "partial"), v)
+        return found
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
         try:
-            parts = build(args, run)
-        except BaseException:
-            run.close()
-            raise
-        return run.fit(**parts)
-
-    return main
+            visit(name, cell.cell_contents)
+        except ValueError:  # a cell not yet filled
+            pass
+    return found
