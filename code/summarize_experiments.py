@@ -60,6 +60,7 @@ def load_runs(folder):
             job = json.load(f)
         if job.get("state") != "done":
             continue
+        job["folder"] = os.path.dirname(os.path.abspath(path))  # where it is now (run.json names where it ran)
         job["evals"] = {}
         for kind, prefix in CHECKPOINTS:
             for split in job.get("splits", ["val"]):

@@ -6,21 +6,21 @@ By default it finds the checkpoint that training wrote for the same --exp / --la
 """
 import argparse
 import csv
+import glob
 import json
 import os
 
-import cv2
 import numpy as np
 
 from dataloaders.dataset import VolumeDataset
 from dataloaders.datasets import load_dataset_info
-from networks.semantic_coloring import palette
 from networks.unet import net_factory
 from utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state
 from utils.config import DEFAULT_DATA, PROJECT_ROOT, UsageError, add_channels_last_flag, memory_format, run_main, \
     select_device
 from utils.evaluation import evaluate
 from utils.metrics import METRIC_KEYS, format_table
+from utils.visualize import overlay_figure
 
 
 def parse_args(argv):
@@ -47,23 +47,19 @@ def parse_args(argv):
     return args
 
 
-def overlay(image_slice, label_slice, colors):
-    """(H, W) image in [0,1] + (H, W) labels -> (H, W, 3) uint8 BGR with the labels blended in."""
-    rgb = np.repeat(image_slice[..., None], 3, axis=2)
-    mask = label_slice > 0
-    rgb[mask] = 0.5 * rgb[mask] + 0.5 * colors[label_slice[mask]]
-    return (np.clip(rgb, 0, 1)[..., ::-1] * 255).astype(np.uint8)
-
-
-def write_overlays(out_dir, name, image, label, pred, num_classes, n_slices=3):
-    """image | ground truth | prediction for a few slices through the heart (most labeled voxels)."""
-    os.makedirs(out_dir, exist_ok=True)
-    colors = palette(num_classes).numpy()
+def write_overlays(out_dir, name, image, label, pred, class_names, n_slices=3):
+    """One PNG per case: image | ground truth | prediction for the slices with the most labeled pixels."""
     order = np.argsort(-(label > 0).reshape(len(label), -1).sum(1))[:n_slices]
-    for z in sorted(order):
-        gray = (np.repeat(image[z][..., None], 3, axis=2) * 255).astype(np.uint8)
-        panel = np.concatenate([gray, overlay(image[z], label[z], colors), overlay(image[z], pred[z], colors)], 1)
-        cv2.imwrite(os.path.join(out_dir, f"{name}_slice{z + 1}.png"), panel)
+    slices = sorted(int(z) for z in order)
+    overlay_figure(os.path.join(out_dir, f"{name}.png"), name, image, label, pred, class_names, slices,
+                   {z: slice_dice(pred[z], label[z], len(class_names)) for z in slices})
+
+
+def slice_dice(pred, label, num_classes):
+    """Mean Dice (%) over the foreground classes present in the slice's prediction or ground truth."""
+    scores = [200.0 * np.sum((pred == c) & (label == c)) / (np.sum(pred == c) + np.sum(label == c))
+              for c in range(1, num_classes) if np.any(pred == c) or np.any(label == c)]
+    return float(np.mean(scores)) if scores else 100.0
 
 
 def write_nifti(out_dir, name, image, label, pred, spacing):
@@ -109,13 +105,17 @@ def main(argv=None):
 
     out = os.path.dirname(os.path.abspath(path))
     print(f"{args.split}: {len(cases)} cases, checkpoint {path} (iteration {ckpt['iteration']})")
-    print(format_table(summary))
+    print(format_table(summary, "mm" if args.use_spacing else "voxels"))
     rows = [["case", "class", *METRIC_KEYS, "empty_case"]] + [
         [c["name"], m["class"], *(f"{m[k]:.6f}" for k in METRIC_KEYS), m["case"]] for c in cases for m in c["metrics"]]
     atomic_write_text(os.path.join(out, f"{prefix}{args.split}_per_case.csv"), lambda f: csv.writer(f).writerows(rows))
     atomic_write_text(os.path.join(out, f"{prefix}{args.split}_summary.json"), lambda f: json.dump(
         {"checkpoint": path, "split": args.split, "iteration": ckpt["iteration"],
          "units": "mm" if args.use_spacing else "voxels", **summary}, f, indent=2))
+    overlay_dir = os.path.join(out, f"{prefix}overlays_{args.split}")
+    if args.overlays and os.path.isdir(overlay_dir):  # this run's overlays only, not a mix with an older run's
+        for f in glob.glob(os.path.join(overlay_dir, "*.png")):
+            os.remove(f)
     for i, c in enumerate(cases):
         if args.save_nifti or i < args.overlays:
             _, image, label, spacing = volumes[i]
@@ -123,8 +123,8 @@ def main(argv=None):
                 write_nifti(os.path.join(out, f"{prefix}predictions_{args.split}"), c["name"], image, label,
                             c["prediction"], spacing)
             if i < args.overlays:
-                write_overlays(os.path.join(out, f"{prefix}overlays_{args.split}"), c["name"], image, label,
-                               c["prediction"], info.num_classes)
+                os.makedirs(overlay_dir, exist_ok=True)
+                write_overlays(overlay_dir, c["name"], image, label, c["prediction"], info.class_names)
     print(f"wrote {prefix}{args.split}_per_case.csv and {prefix}{args.split}_summary.json to {out}")
     return summary
 

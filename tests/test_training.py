@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+from PIL import Image
 
 import test_ACDC
 import train_diffrect_ACDC
@@ -46,8 +47,15 @@ def test_supervised_learns_and_test_acdc_reads_it(synthetic_root, tmp_path):
         assert json.load(f)["mean"]["dice"]["mean"] == summary["mean"]["dice"]["mean"]
     with open(os.path.join(snap, "test_per_case.csv")) as f:
         assert len(f.read().strip().splitlines()) == 1 + 8 * 3
-    assert len(os.listdir(os.path.join(snap, "overlays_test"))) == 6  # 2 cases x 3 slices
+    overlays = sorted(os.listdir(os.path.join(snap, "overlays_test")))
+    assert len(overlays) == 2  # one figure per case: 3 slices x (image | ground truth | prediction), legend
+    assert min(Image.open(os.path.join(snap, "overlays_test", overlays[0])).size) >= 800
     assert len(os.listdir(os.path.join(snap, "predictions_test"))) == 8 * 3
+    grids = os.listdir(os.path.join(snap, "images"))  # the training grid: titled panels of a readable size
+    assert Image.open(os.path.join(snap, "images", grids[0])).size[0] >= 3 * 250
+    test_ACDC.main(["--root_path", synthetic_root, "--checkpoint", os.path.join(snap, "unet_best_model.pth"),
+                    "--split", "test", "--gpu", TEST_GPU, "--overlays", "1"])
+    assert len(os.listdir(os.path.join(snap, "overlays_test"))) == 1  # the older run's figures are gone
 
 
 @pytest.mark.parametrize("flags", [[], ["--no_scs"], ["--cg", "none"], ["--cg", "jaccard"], ["--cg", "both"],

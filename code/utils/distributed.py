@@ -6,6 +6,7 @@ Semantics: --batch_size and --labeled_bs are per process (global batch = N x bat
 every rank); the learning rate is not rescaled. Rank 0 alone logs, writes tensorboard, validates and saves.
 """
 import functools
+import inspect
 import os
 
 import torch
@@ -56,9 +57,13 @@ class DistributedNet:
         if device.type == "cuda":  # SyncBatchNorm is CUDA-only; it keeps the Parameter objects (optimizers stay valid)
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
         self.net = net
-        self.ddp = nn.parallel.DistributedDataParallel(_MethodForward(net), find_unused_parameters=find_unused,
-                                                       broadcast_buffers=False,
-                                                       device_ids=[device.index] if device.type == "cuda" else None)
+        # torch >= 2.13 names the flag forward_sync_buffers (broadcast_buffers warns there); at init buffers are
+        # synced either way, which is harmless: every rank builds the same network from the same seed
+        ddp_cls = nn.parallel.DistributedDataParallel
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters \
+            else {"broadcast_buffers": False}
+        self.ddp = ddp_cls(_MethodForward(net), find_unused_parameters=find_unused,
+                           device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
     def __call__(self, *args, **kwargs):
         return self.ddp(*args, **kwargs)

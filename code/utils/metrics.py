@@ -347,14 +347,16 @@ def summarize(per_case) -> Dict[str, object]:
     }
 
 
-def format_table(summary: Dict[str, object]) -> str:
+def format_table(summary: Dict[str, object], distance_unit: str = "voxels") -> str:
     """Text table of a :func:`summarize` result.
 
     Rows: each class, then ``mean``; columns Dice (%), Jaccard (%), HD95, ASD as
     ``mean ± std`` with two decimals (Dice and Jaccard as percentages, the
-    convention of the paper's tables). A last line gives the empty-case counts.
+    convention of the paper's tables; the CSV and JSON files keep fractions).
+    The distances are in ``distance_unit`` (voxels, or mm with the spacing).
+    A last line gives the empty-case counts.
     """
-    headers = ["Class", "Dice (%)", "Jaccard (%)", "HD95", "ASD"]
+    headers = ["Class", "Dice (%)", "Jaccard (%)", f"HD95 ({distance_unit})", f"ASD ({distance_unit})"]
     scale = {"dice": 100.0, "jaccard": 100.0, "hd95": 1.0, "asd": 1.0}
 
     def cells(stats):

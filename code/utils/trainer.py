@@ -117,7 +117,7 @@ class TrainingRun:
             args.num_classes = self.info.num_classes
         elif args.num_classes != self.info.num_classes:
             raise UsageError(f"--num_classes {args.num_classes}: the dataset at {args.root_path} has "
-                             f"{self.info.num_classes} classes ({', '.join(['background', *self.info.class_names])});"
+                             f"{self.info.num_classes} classes ({', '.join(self.info.class_names)});"
                              f" drop --num_classes (it is read from the dataset description)")
         self.num_classes = args.num_classes
         self.rank, self.world_size, self.local_rank = distributed_env()
@@ -281,14 +281,19 @@ class TrainingRun:
         return self.is_main and (iteration + 1) % self.args.image_interval == 0
 
     def log_images(self, tag, panels, iteration):
-        """panels: list of (3, H, W) float tensors in [0, 1] (one sample), shown side by side."""
-        grid = torch.cat([p.detach().float().cpu().expand(3, -1, -1) for p in panels], dim=2).clamp(0, 1)
-        self.writer.add_image(tag, grid.numpy(), iteration + 1)
+        """panels: list of (3, H, W) float tensors in [0, 1] (one sample), shown side by side, titled by the
+        parts of the tag's last name ("train/image_gt_pred": image, gt, pred), with the class legend."""
+        from utils.visualize import panel_grid
+
+        titles = tag.rsplit("/", 1)[-1].split("_")
+        grid = panel_grid([p.detach().float().cpu().expand(3, -1, -1).clamp(0, 1).numpy() for p in panels],
+                          titles if len(titles) == len(panels) else [""] * len(panels), self.info.class_names)
+        self.writer.add_image(tag, grid, iteration + 1)
         if self.args.save_images:
             import cv2
 
             os.makedirs(os.path.join(self.snapshot, "images"), exist_ok=True)
-            png = (grid.permute(1, 2, 0).numpy()[..., ::-1] * 255).astype(np.uint8)
+            png = (grid.transpose(1, 2, 0)[..., ::-1] * 255).round().astype(np.uint8)
             cv2.imwrite(os.path.join(self.snapshot, "images", f"{tag.replace('/', '_')}_{iteration + 1}.png"), png)
         return grid
 
@@ -381,7 +386,7 @@ class TrainingRun:
             log.info(f"stopped at iteration {stop_at} (--max_run_iterations); run again to resume from "
                      f"{self.last_path}")
             return st["best"]
-        log.info(f"done: best val mean Dice {st['best']['dice']:.4f} at iteration {st['best']['iteration']}; "
+        log.info(f"done: best val mean Dice {100 * st['best']['dice']:.2f} % at iteration {st['best']['iteration']}; "
                  f"{st['nonfinite_total']} non-finite steps skipped; checkpoint {self.best_path}")
         return st["best"]
 
@@ -407,7 +412,7 @@ class TrainingRun:
                   nonfinite_total=ckpt.get("nonfinite_total", 0))
         self._resume_ckpt = None  # free the memory
         self.logger.info(f"resumed from {path} at iteration {st['iteration']} (best val Dice "
-                         f"{st['best']['dice']:.4f})")
+                         f"{100 * st['best']['dice']:.2f} %)")
         return st
 
     def _check_finite_state(self, models, it, saved):
@@ -473,9 +478,9 @@ class TrainingRun:
         if row["dice"] > best["dice"]:
             best = {"dice": row["dice"], "iteration": iteration, "summary": summary}
             atomic_save(self._best_state(eval_model, models, iteration, summary), self.best_path)
-        self.logger.info(f"validation at {iteration}: mean Dice {row['dice']:.4f}, Jaccard {row['jaccard']:.4f}, "
-                         f"HD95 {row['hd95']:.2f}, ASD {row['asd']:.2f} (best {best['dice']:.4f} at "
-                         f"{best['iteration']})")
+        self.logger.info(f"validation at {iteration}: mean Dice {100 * row['dice']:.2f} %, Jaccard "
+                         f"{100 * row['jaccard']:.2f} %, HD95 {row['hd95']:.2f} voxels, ASD {row['asd']:.2f} voxels "
+                         f"(best {100 * best['dice']:.2f} % at {best['iteration']})")
         self._write_curve(curve)
         return best, summary
 
