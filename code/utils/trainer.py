@@ -287,7 +287,8 @@ class TrainingRun:
 
         titles = tag.rsplit("/", 1)[-1].split("_")
         grid = panel_grid([p.detach().float().cpu().expand(3, -1, -1).clamp(0, 1).numpy() for p in panels],
-                          titles if len(titles) == len(panels) else [""] * len(panels), self.info.class_names)
+                          titles[:len(panels)] if len(titles) >= len(panels) else [""] * len(panels),
+                          self.info.class_names)  # (DiffRect's grid has its rectified panel only after refine_start)
         self.writer.add_image(tag, grid, iteration + 1)
         if self.args.save_images:
             import cv2
@@ -300,8 +301,8 @@ class TrainingRun:
     # ------------------------------------------------------------------------------------------- the loop
     def fit(self, method):
         """Train `method` (a Method) over iterations [start, max_iterations) -> the best validation."""
-        check_method(method, self.wrapped)
         try:
+            check_method(method, self.wrapped)
             with _StopOnSignal() as stop:
                 return self._loop(method, stop)
         finally:
