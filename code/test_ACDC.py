@@ -16,24 +16,24 @@ from dataloaders.dataset import VolumeDataset
 from dataloaders.datasets import load_dataset_info
 from networks.unet import net_factory
 from utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state
-from utils.config import DEFAULT_DATA, PROJECT_ROOT, UsageError, add_channels_last_flag, memory_format, run_main, \
-    select_device
+from utils.config import DEFAULT_DATA, PROJECT_ROOT, HelpFormatter, UsageError, add_channels_last_flag, \
+    memory_format, run_main, select_device
 from utils.evaluation import evaluate
 from utils.metrics import METRIC_KEYS, format_table
 from utils.visualize import overlay_figure
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--root_path", default=DEFAULT_DATA)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--exp", default="ACDC/DiffRect")
-    p.add_argument("--labelnum", type=int, default=3)
-    p.add_argument("--model", default="unet")
-    p.add_argument("--checkpoint", default=None, help="default: model/{exp}_{labelnum}_labeled/{model}/"
-                   "{model}_best_model.pth")
-    p.add_argument("--split", default="test", choices=["val", "test", "valtest"])
-    p.add_argument("--gpu", type=int, default=0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--root_path", default=DEFAULT_DATA, help="prepared dataset folder (SSL4MIS layout)")
+    p.add_argument("--dataset", default=None, help="dataset table when the folder has no dataset.json")
+    p.add_argument("--exp", default="ACDC/DiffRect", help="with --labelnum and --model: finds the checkpoint")
+    p.add_argument("--labelnum", type=int, default=3, help="labeled patients the checkpoint was trained with")
+    p.add_argument("--model", default="unet", help="network name in the checkpoint's folder")
+    p.add_argument("--checkpoint", default=None, help="a *_best_model.pth or *_final_model.pth; none given: "
+                   "model/{exp}_{labelnum}_labeled/{model}/{model}_best_model.pth")
+    p.add_argument("--split", default="test", choices=["val", "test", "valtest"], help="the volumes to score")
+    p.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
     p.add_argument("--batch_size", type=int, default=16, help="slices per forward pass")
     add_channels_last_flag(p, default=-1)
     p.add_argument("--use_spacing", action="store_true", help="HD95/ASD in mm from the h5 'spacing' attribute")

@@ -76,18 +76,18 @@ def build(args, run):
         gt = label[:lbs]
         w = consistency_weight(it, args.consistency, args.consistency_rampup)
 
-        # 1. L_Semi^Seg: supervised + weak->strong pseudo-label consistency + complementary term
+        # 1. L_Semi^Seg (eq. 3): supervised + weak->strong pseudo-label consistency + complementary term
         logits_w = model(weak)
         loss_seg, terms, y_w, y_s = fixmatch_losses(logits_w, model(strong), gt, w, thresh)
         run.backward_step(optimizer, loss_seg, "L_seg")
 
-        # 2. W2G: condition colour(y_w), target colour(GT) on labeled / colour(y_w) on unlabeled
-        tau_l = guidance(y_w[:lbs], gt)
+        # 2. W2G: condition colour(y_w) (eq. 4, 5), target colour(GT) on labeled / colour(y_w) on unlabeled
+        tau_l = guidance(y_w[:lbs], gt)  # eq. 6
         loss_rf = 0.0
         if not args.no_w2g:
             lat_l, dec_w2g = rectifier.training_losses(weak, y_w, torch.cat([gt, y_w[lbs:]]), tau_l, noise)
             w2g_seg = seg_loss(dec_w2g[:lbs], gt)
-            loss_rf = w2g_seg + lat_l  # L_Lat-L over the whole batch
+            loss_rf = w2g_seg + lat_l  # L_Lat-L (eq. 11) over the whole batch
             terms.update({"w2g/seg": w2g_seg, "w2g/latent": lat_l})
             y_w2 = masked_pseudo_label(dec_w2g, thresh)
         else:
@@ -98,7 +98,7 @@ def build(args, run):
         if not args.no_s2w:
             lat_u, dec_s2w = rectifier.training_losses(strong, y_s, y_w, tau_u, noise)
             s2w_seg, s2w_comp = seg_loss(dec_s2w[lbs:], y_w2[lbs:]), complementary_loss(dec_s2w, dec_w2g)
-            loss_rf = loss_rf + w * (s2w_seg + s2w_comp + lat_u)
+            loss_rf = loss_rf + w * (s2w_seg + s2w_comp + lat_u)  # L_Lat-U (eq. 9); eq. 13 with λ1 = w(t)
             terms.update({"s2w/seg": s2w_seg, "s2w/comp": s2w_comp, "s2w/latent": lat_u})
         run.backward_step(optimizer_rf, loss_rf, "L_rectifier")
 

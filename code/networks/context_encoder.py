@@ -28,7 +28,7 @@ class SemanticContextEncoder(nn.Module):
         return self.img(image, emb)
 
     def forward(self, image, label_map, emb, image_feats):
-        """image (B, 1, H, W), label_map (B, label_chn, H, W) float (already colour/one-hot encoded),
+        """Paper eq. 5, B_sem: image (B, 1, H, W), label_map (B, label_chn, H, W) float (colour/one-hot encoded),
         emb (B, emb_dim), image_feats from `image_features` -> 5 maps; the last, (B, 256, H/16, W/16),
         is the latent z."""
         return self.sem(torch.cat([image, label_map], dim=1), emb, add=image_feats)

@@ -60,7 +60,8 @@ class Rectifier(nn.Module):
         return lambda z_t, t: self.denoiser(z_t, t, cond_latent, self.cond_input)
 
     def training_losses(self, image, cond_labels, target_labels, tau, generator=None):
-        """image (B, 1, H, W) float, cond/target labels (B, H, W) long, tau (B,) / scalar / None.
+        """Paper eq. 9 (S2W, L_Lat-U) and eq. 11 (W2G, L_Lat-L): one training forward of the rectifier.
+        image (B, 1, H, W) float, cond/target labels (B, H, W) long, tau (B,) / scalar / None.
         -> (latent MSE scalar, logits (B, C, H, W) decoded from the single-step ẑ_0 at the sampled t).
         `generator` (on image's device) draws t and the noise."""
         emb, image_feats, cond_feats = self._encode(image, cond_labels, tau)
@@ -75,7 +76,8 @@ class Rectifier(nn.Module):
 
     @torch.no_grad()
     def rectify(self, image, cond_labels, tau, generator=None):
-        """Sample the rectified latent from noise (drawn with `generator`) conditioned on [image, cond_labels]
+        """Rectification (the sampling of eq. 12; DDIM by default): sample the rectified latent from noise (drawn
+        with `generator`) conditioned on [image, cond_labels]
         and decode it -> logits (B, C, H, W). Leaves train/eval mode to the caller."""
         emb, _, cond_feats = self._encode(image, cond_labels, tau)
         cond_latent = cond_feats[-1]

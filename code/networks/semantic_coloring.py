@@ -64,7 +64,8 @@ def palette(num_classes, device=None, dtype=torch.float32):
 
 
 def colorize(labels, num_classes, dtype=torch.float32):
-    """labels (B, H, W) long -> colour map (B, 3, H, W) on the labels' device."""
+    """Paper eq. 4, the semantic colouring scheme: labels (B, H, W) long -> colour map (B, 3, H, W) on the labels'
+    device."""
     pal = _cached(num_classes, labels.device, dtype)  # (C, 3)
     return pal[labels].permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
 

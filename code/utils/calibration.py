@@ -27,7 +27,8 @@ def overlap_scores(a, b, num_classes):
 
 @torch.no_grad()
 def calibration_guidance(a, b, num_classes, kind="dice", generator=None):
-    """τ in [0, 1] as a 0-d tensor on a's device, or None for kind 'none'."""
+    """Paper eq. 6, the calibration guidance: τ in [0, 1] as a 0-d tensor on a's device, or None for kind
+    'none'. τ is 1 - the score (the authors' code embeds a Dice loss, not the Dice eq. 6 names)."""
     if kind == "none":
         return None
     if kind == "fixed":

@@ -14,17 +14,28 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 DEFAULT_DATA = os.path.join(PROJECT_ROOT, "data", "ACDC")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where there is none to show (None, or a switch's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def training_parser(description, models=None, **defaults):
     """The flags every training script shares; scripts add their own group and may change defaults.
     `models`: the --model choices a script accepts (default: any registered network)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--root_path", default=DEFAULT_DATA, help="prepared dataset folder (SSL4MIS layout)")
     g.add_argument("--dataset", default=None, help="dataset table to use when the folder has no dataset.json "
-                   "(ACDC, MSCMR_split1/2, Prostate_split1/2); default ACDC")
+                   "(ACDC, MSCMR_split1/2, Prostate_split1/2); none given: ACDC")
     g.add_argument("--labelnum", type=int, default=3, help="labeled patients; the first N slices of the table")
-    g.add_argument("--num_classes", type=int, default=None, help="default: from the dataset description")
-    g.add_argument("--patch_size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    g.add_argument("--num_classes", type=int, default=None, help="classes with background; none given: read from "
+                   "the dataset description (a different number is refused)")
+    g.add_argument("--patch_size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="network input size; every slice is resampled to it (multiples of 16)")
     g.add_argument("--num_workers", type=int, default=-1,
                    help="data loader processes; 0: in the main process; -1: 0 on a CPU (the loader is <1%% of a step "
                    "there and workers would take cores from it), on CUDA up to 4 per process, one core left free")
@@ -32,12 +43,13 @@ def training_parser(description, models=None, **defaults):
     g = p.add_argument_group("optimisation")
     g.add_argument("--exp", default="ACDC/Experiment", help="experiment name: model/{exp}_{labelnum}_labeled/")
     g.add_argument("--model", default="unet", choices=models, help="segmentation network")
-    g.add_argument("--max_iterations", type=int, default=30000)
+    g.add_argument("--max_iterations", type=int, default=30000, help="training iterations in all")
     g.add_argument("--batch_size", type=int, default=24, help="slices per step (per process under torchrun)")
     g.add_argument("--labeled_bs", type=int, default=12, help="labeled slices per step")
-    g.add_argument("--base_lr", type=float, default=0.01)
-    g.add_argument("--seed", type=int, default=1337)
-    g.add_argument("--deterministic", type=int, default=1, choices=[0, 1])
+    g.add_argument("--base_lr", type=float, default=0.01, help="SGD learning rate (poly-decayed where the "
+                   "script says so)")
+    g.add_argument("--seed", type=int, default=1337, help="every random stream of the run derives from it")
+    g.add_argument("--deterministic", type=int, default=1, choices=[0, 1], help="1: deterministic cuDNN kernels")
     g.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision of the training "
                    "step (autocast; fp16 adds a gradient scaler and needs CUDA); weights and validation stay fp32")
@@ -46,8 +58,8 @@ def training_parser(description, models=None, **defaults):
                    "compile (≈12 s each on an H100), validation stays eager; slower on CPU, GPU speed-up unmeasured")
     g = p.add_argument_group("run control")
     g.add_argument("--val_interval", type=int, default=200, help="validate on val every N iterations")
-    g.add_argument("--checkpoint_interval", type=int, default=None, help="save last.pth every N (default: "
-                   "--val_interval)")
+    g.add_argument("--checkpoint_interval", type=int, default=None, help="save last.pth every N; none "
+                   "given: every --val_interval")
     g.add_argument("--log_interval", type=int, default=20, help="log scalars every N iterations")
     g.add_argument("--image_interval", type=int, default=200, help="tensorboard image grid every N iterations")
     g.add_argument("--save_images", action="store_true", help="also write each image grid as a PNG in images/")
@@ -58,7 +70,8 @@ def training_parser(description, models=None, **defaults):
     g.add_argument("--max_run_iterations", type=int, default=None, help="stop this invocation after N iterations "
                    "(saving last.pth), e.g. to fit a job time limit; running again resumes")
     g.add_argument("--max_nonfinite", type=int, default=5, help="stop after this many non-finite losses in a row")
-    g.add_argument("--snapshot_dir", default=None, help="default: model/{exp}_{labelnum}_labeled/{model}")
+    g.add_argument("--snapshot_dir", default=None, help="the run's folder; none given: "
+                   "model/{exp}_{labelnum}_labeled/{model}")
     p.set_defaults(**defaults)
     return p
 

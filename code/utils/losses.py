@@ -53,7 +53,7 @@ def complementary_loss(logits_s, logits_w):
 
 
 def fixmatch_losses(logits_weak, logits_strong, label_lab, weight, conf_thresh):
-    """Segmentation step L_Semi^Seg (README, Method: Training iteration, step 1), shared by FixMatch and DiffRect.
+    """Paper eq. 3, L_Semi^Seg (README, Method: Training iteration, step 1), shared by FixMatch and DiffRect.
 
     logits_* (B, C, H, W) for the whole batch, labeled part first; label_lab (B_l, H, W).
     Returns (total loss, dict of named terms, weak pseudo labels, strong pseudo labels) — labels (B, H, W).
