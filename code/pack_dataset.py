@@ -2,9 +2,9 @@
 
 A GPU machine may take only a small tree along (e.g. 64 MiB), and real ACDC is 107 MB of float32 h5 files.
 Packed, every image is stored as 8-bit codes of its own [min, max] range (ACDC's images are min-max
-normalised to [0, 1], so the step is 1/255 and the largest error 1/510); labels and spacings are kept
-exactly, and so are the folder's `.list` files and `dataset.json`. Real ACDC (train slices + val) packs
-to 53 MiB.
+normalised to [0, 1], so the step is 1/255 and the largest error 1/510); labels (absent for unlabeled slices) and
+attributes (spacing, origin, ...) are kept exactly, and so are the folder's `.list` files and `dataset.json`.
+Real ACDC (train slices + val) packs to 53 MiB.
 
     python pack_dataset.py pack --root_path ../data/ACDC --out ../.gpu_data/ACDC.npz
     python pack_dataset.py unpack --packed ../.gpu_data/ACDC.npz --root_path /tmp/ACDC
@@ -53,16 +53,18 @@ def pack(root, out):
         rel = path.relative_to(root).as_posix()
         try:
             with h5py.File(path, "r") as f:
-                image, label = f["image"][()], f["label"][()]
-                spacing = [float(s) for s in f.attrs["spacing"]] if "spacing" in f.attrs else None
+                image = f["image"][()]
+                label = f["label"][()] if "label" in f else None  # an unlabeled training slice has none
+                attrs = {k: np.asarray(v).tolist() for k, v in f.attrs.items()}  # spacing, origin, direction, ...
         except (OSError, KeyError) as e:
-            raise UsageError(f"{path}: unreadable or without 'image'/'label' ({e})") from None
+            raise UsageError(f"{path}: unreadable or without 'image' ({e})") from None
         try:
             arrays[f"i{i}"], arrays[f"r{i}"] = quantize(image)
         except ValueError as e:
             raise UsageError(f"{path}: {e}") from None
-        arrays[f"l{i}"] = label.astype(np.uint8)
-        index.append({"path": rel, "spacing": spacing})
+        if label is not None:
+            arrays[f"l{i}"] = label.astype(np.uint8)
+        index.append({"path": rel, "attrs": attrs})
     meta = {p.name: p.read_text() for p in sorted(root.iterdir()) if p.is_file() and p.suffix in META_SUFFIXES}
     arrays["index"] = np.frombuffer(json.dumps({"files": index, "meta": meta}).encode(), dtype=np.uint8)
     out = Path(out)
@@ -89,7 +91,9 @@ def unpack(packed, root, overwrite=False):
             for i, entry in enumerate(index["files"]):
                 path = tmp / entry["path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_h5(path, dequantize(z[f"i{i}"], z[f"r{i}"]), z[f"l{i}"], entry["spacing"])
+                attrs = entry.get("attrs", {"spacing": entry.get("spacing")})  # packs of older versions: spacing
+                label = z[f"l{i}"] if f"l{i}" in z.files else None
+                write_h5(path, dequantize(z[f"i{i}"], z[f"r{i}"]), label, attrs=attrs)
     except ValueError as e:  # an existing folder without --overwrite
         raise UsageError(f"--root_path {root}: {e}") from None
     return {"files": len(index["files"]), "meta": sorted(index["meta"])}

@@ -1,17 +1,26 @@
-"""Prepare a dataset of the paper from its official download (NIfTI) into the SSL4MIS layout (README, Method: Data).
+"""Prepare a dataset into the SSL4MIS layout that training and test_ACDC.py read (README: Data, Your own data).
 
+The paper's datasets, from their official downloads (NIfTI):
     python code/prepare_data.py acdc --input ~/ACDC/database --split_lists ~/SSL4MIS/data/ACDC   # SSL4MIS split
     python code/prepare_data.py acdc --input ~/ACDC/database                 # seeded 70/10/20 patient split
     python code/prepare_data.py mscmr --input ~/MSCMRSeg19                    # -> data/MSCMR/split1, split2
     python code/prepare_data.py prostate --input ~/Task05_Prostate            # -> data/Prostate/split1, split2
+Your own data:
+    python code/prepare_data.py nnunet --input ~/nnUNet_raw/Dataset042_Heart --output data/Heart
+    python code/prepare_data.py folder --images ~/scans --masks ~/masks --output data/Lesions --classes BG lesion
 
-Each volume is min-max normalised to [0, 1] as a whole and cut into 1-based slice files for the training
-patients; labels are remapped to contiguous ids (MS-CMRSEG19: 600 RV -> 1, 200 Myo -> 2, 500 LV -> 3); the
-spacing (mm, per array axis) is kept as an h5 attribute (`test_ACDC.py --use_spacing`). A `dataset.json`
-describes classes and the labeled-slice table, so training and testing need only `--root_path`.
-Splits: ACDC from SSL4MIS list files (--split_lists) or a seeded 70/10/20 split of the patients;
-MS-CMRSEG19 and Task05 get two seeded train/val splits (seeds --seed and --seed + 1, --val_fraction to val),
-each a complete folder. The output is built in a temporary sibling and renamed at the end.
+Official datasets: each volume is min-max normalised to [0, 1] as a whole and cut into 1-based slice files for
+the training patients; labels are remapped to contiguous ids (MS-CMRSEG19: 600 RV -> 1, 200 Myo -> 2, 500 LV ->
+3); the spacing (mm, per array axis) is kept as an h5 attribute (`test_ACDC.py --use_spacing`). Splits: ACDC from
+SSL4MIS list files (--split_lists) or a seeded 70/10/20 split of the patients; MS-CMRSEG19 and Task05 get two
+seeded train/val splits (seeds --seed and --seed + 1, --val_fraction to val), each a complete folder.
+Own data: one channel (--channel K picks it), intensities normalised as --normalize says (default: min-max per
+case; the dataset-wide CT window for a channel named CT), native in-plane size kept, spacing, origin and direction
+kept as attributes; cases without a mask are unlabeled training data (their slice files have no 'label'); the
+labeled cases are split by case into train / val (/ test), seeded, and listed first in train_slices.list, so
+--labelnum N takes the first N labeled cases.
+A `dataset.json` describes classes, the labeled-slice table and the normalisation, so training and testing need
+only `--root_path`. The output is built in a temporary sibling and renamed at the end.
 """
 import argparse
 import json
@@ -24,30 +33,64 @@ from tqdm import tqdm
 from dataloaders.dataset import DataError
 from dataloaders.datasets import DATASETS
 from dataloaders.layout import atomic_folder, check_output, read_ids, write_h5, write_list
+from dataloaders.intensity import SCHEMES, ct_window, default_scheme
 from dataloaders.official_sources import CLASS_NAMES, FINDERS, load_case
-from utils.config import PROJECT_ROOT, UsageError
+from dataloaders.own_data import Volume, find_folder, find_nnunet, load_own_case, read_nnunet_description, to_volume
+from utils.config import PROJECT_ROOT, HelpFormatter, UsageError
 
 OUTPUT_NAMES = {"acdc": "ACDC", "mscmr": "MSCMR", "prostate": "Prostate"}
+OWN_FORMATS = ("nnunet", "folder")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=sorted(FINDERS))
-    p.add_argument("--input", required=True, help="the official download's folder")
-    p.add_argument("--output", default=None, help="default: data/ACDC, data/MSCMR or data/Prostate")
-    p.add_argument("--split_lists", default=None, help="ACDC: folder with SSL4MIS val.list, test.list and "
-                   "train.list or train_slices.list")
-    p.add_argument("--seed", type=int, default=0, help="seed of the patient splits")
-    p.add_argument("--val_fraction", type=float, default=0.2, help="MS-CMRSEG19 / Task05: patients to val")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    sub = p.add_subparsers(dest="dataset", required=True, metavar="{acdc,mscmr,prostate,nnunet,folder}")
+    for name in sorted(FINDERS):
+        q = sub.add_parser(name, help=f"the official {name} download", formatter_class=HelpFormatter)
+        q.add_argument("--input", required=True, help="the official download's folder")
+        q.add_argument("--output", default=None, help="default: data/ACDC, data/MSCMR or data/Prostate")
+        q.add_argument("--split_lists", default=None, help="ACDC: folder with SSL4MIS val.list, test.list and "
+                       "train.list or train_slices.list")
+        q.add_argument("--val_fraction", type=float, default=0.2, help="MS-CMRSEG19 / Task05: patients to val")
+    for name, what in (("nnunet", "an nnU-Net raw dataset (dataset.json, imagesTr/, labelsTr/)"),
+                       ("folder", "a folder of images and a folder of masks with matching names")):
+        q = sub.add_parser(name, help=what, formatter_class=HelpFormatter)
+        if name == "nnunet":
+            q.add_argument("--input", required=True, help="the dataset folder (holds dataset.json)")
+            q.add_argument("--channel", type=int, default=None, help="the input channel to use (files _000K); "
+                           "needed when dataset.json lists several")
+        else:
+            q.add_argument("--images", required=True, help="folder of images (PNG, JPEG, TIFF; or NIfTI volumes)")
+            q.add_argument("--masks", default=None, help="folder of masks named as their images (any ending); "
+                           "an image without one is unlabeled")
+            q.add_argument("--classes", nargs="+", default=None, metavar="NAME[=VALUE]",
+                           help="class names in id order, background first; NAME=V maps the grey value V, NAME=R,G,B "
+                           "a colour, to that class (default: the mask values are the ids, names BG, class1, ...)")
+        q.add_argument("--output", required=True, help="the prepared folder to write")
+        q.add_argument("--name", default=None, help="the dataset's name in dataset.json (default: the output's)")
+        q.add_argument("--normalize", choices=SCHEMES, default=None, help="intensities -> [0, 1] (default: ct for a "
+                       "channel named CT, else minmax; see dataloaders/intensity.py)")
+        q.add_argument("--val_fraction", type=float, default=0.2, help="labeled cases to val")
+        q.add_argument("--test_fraction", type=float, default=0.0, help="labeled cases to test")
+        q.add_argument("--split_lists", default=None, help="folder with val.list (and test.list, train.list) of "
+                       "case names, instead of the seeded split")
+    for q in sub.choices.values():
+        q.add_argument("--seed", type=int, default=0, help="seed of the case / patient splits")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = p.parse_args(argv)
-    args.output = args.output or os.path.join(PROJECT_ROOT, "data", OUTPUT_NAMES[args.dataset])
-    if not os.path.isdir(args.input):
-        raise UsageError(f"--input {args.input}: folder not found")
-    if args.split_lists and (args.dataset != "acdc" or not os.path.isdir(args.split_lists)):
-        raise UsageError(f"--split_lists {args.split_lists}: must be an existing folder, and only for acdc")
+    own = args.dataset in OWN_FORMATS
+    if not own:
+        args.output = args.output or os.path.join(PROJECT_ROOT, "data", OUTPUT_NAMES[args.dataset])
+    source = args.images if args.dataset == "folder" else args.input
+    if not os.path.isdir(source):
+        raise UsageError(f"--{'images' if args.dataset == 'folder' else 'input'} {source}: folder not found")
+    if args.split_lists and (not os.path.isdir(args.split_lists) or args.dataset in ("mscmr", "prostate")):
+        raise UsageError(f"--split_lists {args.split_lists}: must be an existing folder (not for mscmr / prostate)")
     if not 0 < args.val_fraction < 1:
         raise UsageError(f"--val_fraction {args.val_fraction} must be in (0, 1)")
+    if own and not (0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
+        raise UsageError(f"--test_fraction {args.test_fraction}: must be in [0, 1) and leave cases for training "
+                         f"beside --val_fraction {args.val_fraction}")
     return args
 
 
@@ -58,7 +101,8 @@ def seeded_split(patients, fractions, seed):
     counts = {n: int(round(fractions[n] * len(patients))) for n in names[1:]}
     counts[names[0]] = len(patients) - sum(counts.values())
     if min(counts.values()) < 1:
-        raise DataError(f"{len(patients)} patients are too few for the split {fractions}")
+        raise DataError(f"{len(patients)} patients (cases) are too few for the split {fractions}; lower "
+                        f"--val_fraction / --test_fraction or add cases")
     out, start = {}, 0
     for n in names:
         out[n] = sorted(patients[i] for i in order[start:start + counts[n]])
@@ -98,32 +142,137 @@ def labeled_table(train_volumes, depths, patient_of):
     return table
 
 
-def write_dataset(out, dataset, name, split, slice_order, table, arrays):
-    """One SSL4MIS folder: data/<volume>.h5 for every volume, data/slices/ for the train volumes, lists."""
+def write_dataset(out, desc, split, slice_order, volumes):
+    """One SSL4MIS folder: data/<volume>.h5 for every volume, data/slices/ for the train volumes, lists, and
+    dataset.json (`desc`). volumes: name -> Volume; a Volume without a label gives label-less (unlabeled) files."""
     os.makedirs(os.path.join(out, "data", "slices"))
     for s, vols in split.items():
         write_list(os.path.join(out, f"{s}.list"), vols)
         for v in vols:
-            image, label, spacing = arrays[v]
-            write_h5(os.path.join(out, "data", f"{v}.h5"), image, label, spacing)
-    slices = slice_order or [f"{v}_slice_{k + 1}" for v in split["train"] for k in range(arrays[v][0].shape[0])]
+            vol = volumes[v]
+            write_h5(os.path.join(out, "data", f"{v}.h5"), vol.image, vol.label, vol.spacing, vol.attrs)
+    slices = slice_order or [f"{v}_slice_{k + 1}" for v in split["train"] for k in range(volumes[v].image.shape[0])]
     for sid in slices:
         v, k = sid.rsplit("_slice_", 1)
-        image, label, spacing = arrays[v]
-        if not 1 <= int(k) <= image.shape[0]:
-            raise DataError(f"train_slices.list: {sid} is beyond the {image.shape[0]} slices of {v}")
-        write_h5(os.path.join(out, "data", "slices", f"{sid}.h5"), image[int(k) - 1], label[int(k) - 1],
-                 spacing[1:])
+        vol = volumes[v]
+        if not 1 <= int(k) <= vol.image.shape[0]:
+            raise DataError(f"train_slices.list: {sid} is beyond the {vol.image.shape[0]} slices of {v}")
+        z = int(k) - 1
+        write_h5(os.path.join(out, "data", "slices", f"{sid}.h5"), vol.image[z],
+                 None if vol.label is None else vol.label[z], vol.spacing[1:])
     write_list(os.path.join(out, "train_slices.list"), slices)
-    desc = {"name": name, "num_classes": len(CLASS_NAMES[dataset]), "class_names": CLASS_NAMES[dataset],
-            "patients_to_slices": {str(k): v for k, v in table.items()}}
     with open(os.path.join(out, "dataset.json"), "w") as f:
         json.dump(desc, f, indent=2)
     return len(slices)
 
 
+def description(name, class_names, table, normalization=None, **extra):
+    desc = {"name": name, "num_classes": len(class_names), "class_names": list(class_names),
+            "patients_to_slices": {str(k): v for k, v in table.items()}}
+    return desc | ({"normalization": normalization} if normalization else {}) | extra
+
+
+def parse_classes(items):
+    """--classes BG lesion | BG=0 lesion=255 | BG=0,0,0 lesion=255,0,0 -> (names, colour table or None)."""
+    names, colours = [], []
+    for item in items:
+        name, _, value = item.partition("=")
+        names.append(name)
+        if value:
+            try:
+                colours.append([int(v) for v in value.split(",")])
+            except ValueError:
+                raise UsageError(f"--classes {item}: the value must be a grey level (0-255) or R,G,B") from None
+    if colours and len(colours) != len(names):
+        raise UsageError("--classes: give every class a value (NAME=V) or none of them")
+    if colours and (len({len(c) for c in colours}) != 1 or len(colours[0]) not in (1, 3)):
+        raise UsageError("--classes: the values must all be grey levels or all R,G,B colours")
+    if len(names) < 2:
+        raise UsageError("--classes: name the background and at least one class")
+    return names, (colours or None)
+
+
+def own_split_from_lists(folder, labeled):
+    """val.list (and test.list, train.list) of case names -> {split: [cases]}; train defaults to the other
+    labeled cases."""
+    split = {}
+    for s in ("val", "test", "train"):
+        ids = read_ids(os.path.join(folder, f"{s}.list"))
+        if ids is not None:
+            split[s] = ids
+    if "val" not in split:
+        raise UsageError(f"--split_lists {folder}: val.list not found")
+    for s, ids in split.items():
+        missing = [c for c in ids if c not in labeled]
+        if missing:
+            raise DataError(f"{s}.list names {missing[0]!r} (and {len(missing) - 1} more), which is not a labeled "
+                            f"case of the input")
+    held = set(split["val"]) | set(split.get("test", []))
+    split.setdefault("train", [c for c in labeled if c not in held])
+    return {s: split[s] for s in ("train", "val", "test") if s in split}
+
+
+def prepare_own(args):
+    """nnunet / folder -> an SSL4MIS folder whose labeled train cases come first in train_slices.list."""
+    try:
+        check_output(args.output, args.overwrite)  # before the slow reading
+    except ValueError as e:
+        raise UsageError(f"--output {e}")
+    if args.dataset == "nnunet":
+        names, values, ending, channel, channel_name = read_nnunet_description(args.input, args.channel)
+        cases, colours = find_nnunet(args.input, ending, channel), None
+        source = {"format": "nnunet", "input": os.path.abspath(args.input), "channel": channel,
+                  "channel_name": channel_name}
+    else:
+        names, colours = parse_classes(args.classes) if args.classes else (None, None)
+        cases, values, channel_name = find_folder(args.images, args.masks), None, ""
+        source = {"format": "folder", "images": os.path.abspath(args.images),
+                  "masks": args.masks and os.path.abspath(args.masks)}
+    read = {c.name: load_own_case(c, values, colours)
+            for c in tqdm(cases, desc=f"reading {args.dataset}", ncols=80)}
+    labeled = [c.name for c in cases if c.label_path]
+    unlabeled = [c.name for c in cases if not c.label_path]
+    if not labeled:
+        raise DataError(f"{source.get('masks') or args.input}: no case has a mask; at least the labeled cases for "
+                        f"training and validation need one")
+    top = max(int(read[c][1].max()) for c in labeled)
+    if names is None:  # folder without --classes: the mask values are the ids
+        names = ["BG"] + [f"class{k}" for k in range(1, max(top, 1) + 1)]
+    if top >= len(names):
+        worst = next(c for c in labeled if read[c][1].max() == top)
+        raise DataError(f"case {worst}: mask value {top} but only {len(names)} classes ({', '.join(names)}); "
+                        f"name every class with --classes")
+    if args.split_lists:
+        split = own_split_from_lists(args.split_lists, labeled)
+    else:
+        fractions = {"train": 1 - args.val_fraction - args.test_fraction, "val": args.val_fraction} | \
+            ({"test": args.test_fraction} if args.test_fraction > 0 else {})
+        split = seeded_split(labeled, fractions, args.seed)
+    train_labeled = split["train"]
+    split["train"] = train_labeled + unlabeled  # labeled first: --labelnum N takes the first N of them
+    scheme = args.normalize or default_scheme(channel_name)
+    normalization = {"scheme": scheme}
+    if scheme == "ct":
+        normalization["window"] = ct_window([read[c][:2] for c in train_labeled])
+    volumes = {name: to_volume(*read[name], normalization) for name in read}
+    depths = {c: volumes[c].image.shape[0] for c in volumes}
+    table = labeled_table(train_labeled, depths, {c: c for c in train_labeled})
+    desc = description(args.name or os.path.basename(os.path.abspath(args.output)), names, table, normalization,
+                       source=source, cases={"labeled_train": len(train_labeled), "unlabeled": len(unlabeled)} |
+                       {s: len(v) for s, v in split.items() if s != "train"})
+    with atomic_folder(args.output, args.overwrite) as tmp:
+        n_slices = write_dataset(str(tmp), desc, split, None, volumes)
+    summary = {"output": os.path.abspath(args.output), "cases": len(cases), "labeled": len(labeled),
+               "unlabeled": len(unlabeled), "split": {s: len(v) for s, v in split.items()}, "train_slices": n_slices,
+               "labelnum_choices": sorted(table), "normalization": normalization, "class_names": names}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.dataset in OWN_FORMATS:
+        return prepare_own(args)
     try:
         check_output(args.output, args.overwrite)  # before the slow reading
     except ValueError as e:
@@ -132,10 +281,11 @@ def main(argv=None):
     if not cases:
         raise DataError(f"--input {args.input}: no {args.dataset} cases found in the official folder structure "
                         f"(see the header of code/prepare_data.py)")
-    arrays = {c.volume: load_case(c, args.dataset) for c in tqdm(cases, desc=f"reading {args.dataset}", ncols=80)}
+    arrays = {c.volume: Volume(*load_case(c, args.dataset), {})
+              for c in tqdm(cases, desc=f"reading {args.dataset}", ncols=80)}
     patient_of = {c.volume: c.patient for c in cases}
     patients = sorted(set(patient_of.values()))
-    depths = {v: a[0].shape[0] for v, a in arrays.items()}
+    depths = {v: a.image.shape[0] for v, a in arrays.items()}
 
     def volumes_of(pids):
         return [c.volume for c in cases if c.patient in set(pids)]
@@ -159,11 +309,12 @@ def main(argv=None):
             folders[f"split{k}"] = (f"{OUTPUT_NAMES[args.dataset]}_split{k}", split, None,
                                     labeled_table(split["train"], depths, patient_of))
     with atomic_folder(args.output, args.overwrite) as tmp:
-        n_slices = {rel: write_dataset(os.path.join(tmp, rel), args.dataset, *spec, arrays)
-                    for rel, spec in tqdm(folders.items(), desc="writing", ncols=80)}
+        n_slices = {rel: write_dataset(os.path.join(tmp, rel), description(name, CLASS_NAMES[args.dataset], table),
+                                       split, slices, arrays)
+                    for rel, (name, split, slices, table) in tqdm(folders.items(), desc="writing", ncols=80)}
     counts = np.zeros(len(CLASS_NAMES[args.dataset]), dtype=np.int64)
-    for _, label, _ in arrays.values():
-        counts += np.bincount(label.ravel(), minlength=len(counts))
+    for vol in arrays.values():
+        counts += np.bincount(vol.label.ravel(), minlength=len(counts))
     summary = {"output": os.path.abspath(args.output), "cases": len(cases), "patients": len(patients),
                "folders": {rel: {s: len(v) for s, v in spec[1].items()} | {"train_slices": n_slices[rel]}
                            for rel, spec in folders.items()},

@@ -12,13 +12,13 @@ import os
 
 import numpy as np
 
-from dataloaders.dataset import VolumeDataset
+from dataloaders.dataset import VolumeDataset, read_geometry
+from dataloaders.image_io import geometry_from_attrs, write_like
 from dataloaders.datasets import load_dataset_info
-from networks.unet import net_factory
-from utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state
+from utils.checkpoint import atomic_write_text
 from utils.config import DEFAULT_DATA, PROJECT_ROOT, HelpFormatter, UsageError, add_channels_last_flag, \
     memory_format, run_main, select_device
-from utils.evaluation import evaluate
+from utils.evaluation import evaluate, load_segmenter
 from utils.metrics import METRIC_KEYS, format_table
 from utils.visualize import overlay_figure
 
@@ -37,7 +37,8 @@ def parse_args(argv):
     p.add_argument("--batch_size", type=int, default=16, help="slices per forward pass")
     add_channels_last_flag(p, default=-1)
     p.add_argument("--use_spacing", action="store_true", help="HD95/ASD in mm from the h5 'spacing' attribute")
-    p.add_argument("--save_nifti", action="store_true", help="write image/prediction/label .nii.gz per case")
+    p.add_argument("--save_nifti", action="store_true", help="write image/prediction/label .nii.gz per case, in "
+                   "the source scan's geometry")
     p.add_argument("--overlays", type=int, default=0, help="write PNG overlays of this many cases")
     args = p.parse_args(argv)
     if args.batch_size <= 0:
@@ -62,38 +63,31 @@ def slice_dice(pred, label, num_classes):
     return float(np.mean(scores)) if scores else 100.0
 
 
-def write_nifti(out_dir, name, image, label, pred, spacing):
-    import SimpleITK as sitk
-
+def write_nifti(out_dir, name, image, label, pred, geometry_attrs, normalization):
+    """{name}_img / _pred / _gt.nii.gz placed as the source scan (spacing, origin, direction from the h5
+    attributes that prepare_data.py keeps), so a viewer lays them over it; the image in the source's own
+    intensities when a min-max normalisation can be undone (its intensity_range is known), else as trained on."""
     os.makedirs(out_dir, exist_ok=True)
+    geometry = geometry_from_attrs(geometry_attrs, len(image))
+    lo_hi = geometry_attrs.get("intensity_range")
+    if lo_hi and normalization.get("scheme", "minmax") == "minmax":
+        image = image * (lo_hi[1] - lo_hi[0]) + lo_hi[0]
     for arr, suffix in ((image.astype(np.float32), "img"), (pred.astype(np.uint8), "pred"),
                         (label.astype(np.uint8), "gt")):
-        itk = sitk.GetImageFromArray(arr)
-        if spacing is not None:  # h5 spacing is (D, H, W); ITK wants (x, y, z)
-            itk.SetSpacing([float(s) for s in spacing[::-1]])
-        sitk.WriteImage(itk, os.path.join(out_dir, f"{name}_{suffix}.nii.gz"))
+        write_like(os.path.join(out_dir, f"{name}_{suffix}.nii.gz"), arr, geometry)
 
 
 def main(argv=None):
     args = parse_args(argv)
     path = args.checkpoint or os.path.join(PROJECT_ROOT, "model", f"{args.exp}_{args.labelnum}_labeled", args.model,
                                            f"{args.model}_best_model.pth")
-    ckpt = load_checkpoint(path)
-    if ckpt.get("kind") not in ("best", "final"):
-        raise CheckpointError(f"{path}: this is a training-state file; pass the {args.model}_best_model.pth (or "
-                              f"_final_model.pth) beside it")
-    prefix = "final_" if ckpt["kind"] == "final" else ""  # the last network's tables sit beside the best one's
-    arch = ckpt["arch"]
     if not os.path.isdir(args.root_path):
         raise UsageError(f"--root_path {args.root_path}: folder not found")
     info = load_dataset_info(args.root_path, args.dataset)
-    if arch["num_classes"] != info.num_classes:
-        raise CheckpointError(f"{path}: trained for {arch['num_classes']} classes but {args.root_path} has "
-                              f"{info.num_classes}; pass the matching --root_path or checkpoint")
     device = select_device(args.gpu)
-    model = net_factory(arch["net"], arch["in_chns"], arch["num_classes"])
-    model.to(device, memory_format=memory_format(args.channels_last, device))
-    load_state(model, ckpt["model"], "the segmentation network", path)
+    model, ckpt = load_segmenter(path, device, memory_format(args.channels_last, device),
+                                 (args.root_path, info.num_classes))
+    prefix = "final_" if ckpt["kind"] == "final" else ""  # the last network's tables sit beside the best one's
     volumes = VolumeDataset(args.root_path, args.split, info.num_classes)
     if args.use_spacing:
         for i in range(len(volumes)):
@@ -118,10 +112,10 @@ def main(argv=None):
             os.remove(f)
     for i, c in enumerate(cases):
         if args.save_nifti or i < args.overlays:
-            _, image, label, spacing = volumes[i]
+            _, image, label, _ = volumes[i]
             if args.save_nifti:
                 write_nifti(os.path.join(out, f"{prefix}predictions_{args.split}"), c["name"], image, label,
-                            c["prediction"], spacing)
+                            c["prediction"], read_geometry(volumes.paths[i]), info.normalization)
             if i < args.overlays:
                 os.makedirs(overlay_dir, exist_ok=True)
                 write_overlays(overlay_dir, c["name"], image, label, c["prediction"], info.class_names)

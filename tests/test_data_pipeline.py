@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dataloaders.augmentation import make_views, random_geometry, resize_pair, strong_photometric
-from dataloaders.dataset import DataError, SliceDataset, VolumeDataset, read_case
+from dataloaders.dataset import NO_LABEL, DataError, SliceDataset, VolumeDataset, read_case
 from dataloaders.datasets import DATASETS, labeled_slice_count, load_dataset_info
 from dataloaders.sampler import TwoStreamBatchSampler
 from conftest import REAL_ACDC
@@ -177,11 +177,23 @@ def test_missing_files_and_lists(tmp_path):
 
 def test_skip_bad_samples(tmp_path):
     root = _tiny_root(tmp_path)
-    _write(str(root / "data" / "slices" / "case1_slice_1.h5"), np.zeros((4, 4), np.float32), None)
-    with pytest.raises(DataError):
+    _write(str(root / "data" / "slices" / "case1_slice_1.h5"), np.full((4, 4), np.nan, np.float32), None)
+    with pytest.raises(DataError, match="case1_slice_1.h5: image has NaN"):
         SliceDataset(str(root), 4, (32, 32))
     ds = SliceDataset(str(root), 4, (32, 32), skip_bad=True, log=lambda m: None)
     assert ds.skipped == [1] and ds.valid_indices(range(6)) == [0, 2, 3, 4, 5]
+
+
+def test_a_slice_without_label_is_unlabeled_training_data(tmp_path):
+    root = _tiny_root(tmp_path)
+    image, _ = _phantom(40, 56)
+    _write(str(root / "data" / "slices" / "case1_slice_1.h5"), image, None)
+    ds = SliceDataset(str(root), 4, (32, 32))
+    assert ds.has_label == [True, False, True, True, True, True]
+    item = ds[(1, (0, "augmentation", 0, 0))]
+    assert item["image"].shape == (1, 32, 32) and bool((item["label"] == NO_LABEL).all())
+    with pytest.raises(DataError, match="case1_slice_1.h5: no dataset 'label'"):  # evaluation needs labels
+        read_case(str(root / "data" / "slices" / "case1_slice_1.h5"), 4, 2)
 
 
 def test_labelnum_table():

@@ -195,7 +195,7 @@ def _break_slice(root, fn):
     ("range", lambda i, l: (i, l + 4), "label values span"),
     ("shape", lambda i, l: (i, l[:-1]), "must both be 2-D and equal"),
     ("dtype", lambda i, l: (i.astype("S4"), l), "image must be numeric"),
-    ("nolabel", lambda i, l: (i, None), "no dataset 'label'"),
+    ("nolabel", lambda i, l: (i, None), "has no label but is among the first"),  # a labeled slice
 ])
 def test_bad_slices_fail_before_training(tiny_root, tmp_path, case, breaker, expect):
     root = _copy_dataset(tiny_root, str(tmp_path / "data"))

@@ -41,12 +41,13 @@ def resample_label(label, interpolate):
 
 
 def resize_pair(image, label, size):
-    """(H, W) float32 + (H, W) uint8 -> both (size[0], size[1]), through one centre-aligned linear resize."""
+    """(H, W) float32 + (H, W) uint8 (or None: unlabeled) -> both (size[0], size[1]), through one centre-aligned
+    linear resize."""
     h, w = size
     if image.shape == (h, w):
         return image, label
     resize = lambda a: cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
-    return resize(image), resample_label(label, resize)
+    return resize(image), None if label is None else resample_label(label, resize)
 
 
 def draw_geometry(rng):
@@ -57,8 +58,10 @@ def draw_geometry(rng):
 
 
 def apply_geometry(image, label, geometry):
-    """Flips, then the rotation about the centre (zero fill), applied alike to image and label."""
+    """Flips, then the rotation about the centre (zero fill), applied alike to image and label (None: none)."""
     flip_lr, flip_ud, angle = geometry
+    has_label = label is not None
+    label = label if has_label else np.zeros((0, 0), np.uint8)  # nothing to move, the flips below stay uniform
     if flip_lr:
         image, label = image[:, ::-1], label[:, ::-1]
     if flip_ud:
@@ -68,8 +71,8 @@ def apply_geometry(image, label, geometry):
         m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
         rotate = lambda a: cv2.warpAffine(np.ascontiguousarray(a), m, (w, h), flags=cv2.INTER_LINEAR,
                                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        image, label = rotate(image), resample_label(label, rotate)
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+        image, label = rotate(image), resample_label(label, rotate) if has_label else label
+    return np.ascontiguousarray(image), np.ascontiguousarray(label) if has_label else None
 
 
 def random_geometry(image, label, rng):
@@ -107,7 +110,8 @@ def strong_photometric(image, rng):
 
 
 def make_views(image, label, rng, patch_size, strong=True):
-    """-> weak (H, W) float32, strong (H, W) float32 or None, label (H, W) uint8, all at patch_size."""
+    """-> weak (H, W) float32, strong (H, W) float32 or None, label (H, W) uint8 (None in, None out), all at
+    patch_size."""
     image, label = resize_pair(image, label, patch_size)
     weak, label = random_geometry(image, label, rng)
     return weak, (strong_photometric(weak, rng) if strong else None), label

@@ -20,6 +20,9 @@ from dataloaders.random_streams import stream_rng
 RANGE_TOL = 1e-5  # float32 min-max normalisation can land a hair outside [0, 1]
 
 
+NO_LABEL = 255  # the label of an unlabeled slice's pixels (never a class: num_classes <= 255)
+
+
 class DataError(ValueError):
     """A data file or list that cannot be used; the message names it and says how to fix it."""
 
@@ -35,23 +38,30 @@ def read_list(root, name):
     return ids
 
 
-def read_case(path, num_classes, ndim):
-    """-> image float32, label uint8, spacing or None; raises DataError on anything unusable."""
+def read_case(path, num_classes, ndim, need_label=True):
+    """-> image float32, label uint8 (None for an unlabeled slice when need_label=False), spacing or None;
+    raises DataError on anything unusable."""
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("image", "label") if k not in f]
+            needed = ("image", "label") if need_label else ("image",)
+            missing = [k for k in needed if k not in f]
             if missing:
-                raise DataError(f"{path}: no dataset {missing[0]!r} in the h5 file (it needs 'image' and 'label')")
-            image, label = f["image"][()], f["label"][()]
+                why = "it needs 'image' and 'label'" if need_label else "it needs 'image'"
+                raise DataError(f"{path}: no dataset {missing[0]!r} in the h5 file ({why})")
+            image = f["image"][()]
+            label = f["label"][()] if "label" in f else None
             spacing = f.attrs.get("spacing", None)
     except DataError:
         raise
     except (OSError, KeyError, RuntimeError) as e:  # h5py reports truncation/corruption as OSError
         raise DataError(f"{path}: unreadable h5 file ({str(e).splitlines()[0]}); re-create or remove it")
-    if image.ndim != ndim or image.shape != label.shape:
-        raise DataError(f"{path}: image {image.shape} and label {label.shape} must both be {ndim}-D and equal")
-    if not np.issubdtype(image.dtype, np.number) or not np.issubdtype(label.dtype, np.integer):
-        raise DataError(f"{path}: image must be numeric and label integer, got {image.dtype} and {label.dtype}")
+    if image.ndim != ndim or (label is not None and image.shape != label.shape):
+        shapes = f"image {image.shape}" + ("" if label is None else f" and label {label.shape}")
+        raise DataError(f"{path}: {shapes} must {'be' if label is None else 'both be'} {ndim}-D"
+                        f"{'' if label is None else ' and equal'}")
+    if not np.issubdtype(image.dtype, np.number) or (label is not None and not np.issubdtype(label.dtype, np.integer)):
+        raise DataError(f"{path}: image must be numeric and label integer, got {image.dtype} and "
+                        f"{None if label is None else label.dtype}")
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise DataError(f"{path}: image has NaN or infinite values; re-prepare this case")
@@ -59,16 +69,29 @@ def read_case(path, num_classes, ndim):
     if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:  # e.g. raw 0-255 intensities: the networks expect [0, 1]
         raise DataError(f"{path}: image range [{lo:.4g}, {hi:.4g}] is outside [0, 1]; re-prepare it (per-volume "
                         f"min-max; code/check_data.py lists every such file)")
-    if label.size and (label.min() < 0 or label.max() >= num_classes):
+    if label is not None and label.size and (label.min() < 0 or label.max() >= num_classes):
         raise DataError(f"{path}: label values span [{label.min()}, {label.max()}] but --num_classes is "
                         f"{num_classes}; remap the labels or set --num_classes")
-    return image, label.astype(np.uint8), (None if spacing is None else tuple(float(s) for s in spacing))
+    return image, (None if label is None else label.astype(np.uint8)), \
+        (None if spacing is None else tuple(float(s) for s in spacing))
+
+
+def read_geometry(path):
+    """The h5 attributes that place a volume in the scanner: spacing (D, H, W), origin and direction (ITK's
+    (x, y, z) convention, as the source NIfTI had them) and intensity_range (the source's [min, max] before
+    min-max normalisation); each None when the file does not carry it."""
+    with h5py.File(path, "r") as f:
+        return {k: (None if k not in f.attrs else [float(v) for v in np.ravel(f.attrs[k])])
+                for k in ("spacing", "origin", "direction", "intensity_range")}
 
 
 class SliceDataset(Dataset):
     """Training slices of `train_slices.list`; item = (index, aug_seed) -> dict of tensors.
 
     image (1,H,W) weak view, image_strong (1,H,W) (when strong=True), label (H,W) long, index ().
+    A slice file without a 'label' is unlabeled (`has_label[i]` False): its label tensor is all NO_LABEL, a
+    value outside every class, so a loss that used it would fail instead of learning from it; the trainer
+    keeps such slices out of the labeled stream.
     With skip_bad=True unreadable slices are dropped (counted in `skipped`) instead of stopping the run.
     """
 
@@ -83,7 +106,7 @@ class SliceDataset(Dataset):
         self.images, self.labels, self.skipped = [], [], []
         for i, p in enumerate(self.paths):
             try:
-                image, label, _ = read_case(p, num_classes, 2)
+                image, label, _ = read_case(p, num_classes, 2, need_label=False)
             except DataError as e:
                 if not skip_bad:
                     raise
@@ -94,6 +117,7 @@ class SliceDataset(Dataset):
                 image, label = resize_pair(image, label, self.patch_size)
             self.images.append(image)
             self.labels.append(label)
+        self.has_label = [lab is not None for lab in self.labels]
 
     def valid_indices(self, indices):
         bad = set(self.skipped)
@@ -106,7 +130,8 @@ class SliceDataset(Dataset):
         idx, seed = item
         rng = stream_rng(*seed)  # seed = (run seed, "augmentation", iteration, slot)
         weak, strong, label = make_views(self.images[idx], self.labels[idx], rng, self.patch_size, self.strong)
-        out = {"image": torch.from_numpy(weak)[None], "label": torch.from_numpy(label.astype(np.int64)),
+        label = np.full(weak.shape, NO_LABEL, np.int64) if label is None else label.astype(np.int64)
+        out = {"image": torch.from_numpy(weak)[None], "label": torch.from_numpy(label),
                "index": torch.tensor(idx)}
         if strong is not None:
             out["image_strong"] = torch.from_numpy(strong)[None]

@@ -1,7 +1,7 @@
 """Per-dataset descriptions (README, Method: Data): classes, and how many labeled slices `--labelnum` patients give.
 
-A prepared folder may carry a `dataset.json` ({"dataset", "num_classes", "class_names",
-"patients_to_slices"}); otherwise the dataset is named explicitly with `--dataset`. Nothing is guessed from
+A prepared folder may carry a `dataset.json` ({"name", "num_classes", "class_names",
+"patients_to_slices", optional "normalization"}); otherwise the dataset is named explicitly with `--dataset`. Nothing is guessed from
 substrings of the path (the reference's habit).
 """
 import json
@@ -17,6 +17,8 @@ class DatasetInfo:
     num_classes: int
     class_names: list
     patients_to_slices: dict = field(default_factory=dict)  # labelnum (patients) -> first N slices
+    # how raw intensities became [0, 1] (dataloaders/intensity.py); the paper's datasets: per-volume min-max
+    normalization: dict = field(default_factory=lambda: {"scheme": "minmax"})
 
 
 DATASETS = {
@@ -39,7 +41,8 @@ def load_dataset_info(root_path, dataset=None):
                 d = json.load(f)
             info = DatasetInfo(d.get("name", d.get("dataset", "custom")), int(d["num_classes"]),
                                list(d["class_names"]),
-                               {int(k): int(v) for k, v in d.get("patients_to_slices", {}).items()})
+                               {int(k): int(v) for k, v in d.get("patients_to_slices", {}).items()},
+                               dict(d.get("normalization", {"scheme": "minmax"})))
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{desc}: not a valid dataset description ({e}); it needs num_classes, class_names "
                              f"and patients_to_slices")

@@ -13,14 +13,19 @@ from pathlib import Path
 import h5py
 
 
-def write_h5(path, image, label, spacing=None):
-    """image float32 and label uint8, (H, W) or (D, H, W); spacing (per array axis, mm) as an attribute."""
+def write_h5(path, image, label, spacing=None, attrs=None):
+    """image float32 and label uint8, (H, W) or (D, H, W); label None: an unlabeled slice (no 'label' dataset).
+    spacing (per array axis, mm) and any `attrs` (origin, direction, intensity_range, ...) become attributes."""
     chunks = image.shape if image.ndim == 2 else (1,) + image.shape[1:]  # one chunk per slice
     with h5py.File(path, "w", libver="v110") as f:
         for name, arr in (("image", image), ("label", label)):
-            f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
+            if arr is not None:
+                f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
         if spacing is not None:
             f.attrs["spacing"] = [float(s) for s in spacing]
+        for key, value in (attrs or {}).items():
+            if value is not None:
+                f.attrs[key] = value
 
 
 def write_list(path, items):

@@ -6,7 +6,6 @@ the label as uint8 (D, H, W) remapped to our contiguous ids (README, Method: Dat
 NIfTI is read with SimpleITK, which test_ACDC.py also uses to write its NIfTI outputs.
 """
 import glob
-import gzip
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataloaders.dataset import DataError
+from dataloaders.image_io import read_itk
+from dataloaders.intensity import normalize
 
 # official label code -> our id. ACDC and Task05 are already contiguous; MS-CMRSEG19 uses 200/500/600.
 LABEL_MAPS = {
@@ -21,7 +22,6 @@ LABEL_MAPS = {
     "mscmr": {0: 0, 600: 1, 200: 2, 500: 3},  # RV=600, Myo=200, LV=500 -> ACDC order
     "prostate": {0: 0, 1: 1, 2: 2},  # BG, PZ, TZ
 }
-NIFTI_HEADER_BYTES = 348
 CLASS_NAMES = {"acdc": ["BG", "RV", "Myo", "LV"], "mscmr": ["BG", "RV", "Myo", "LV"], "prostate": ["BG", "PZ", "TZ"]}
 
 
@@ -79,29 +79,12 @@ def find_prostate(root):
 FINDERS = {"acdc": find_acdc, "mscmr": find_mscmr, "prostate": find_prostate}
 
 
-def _stored_bytes(path):
-    """Bytes of the NIfTI stream (decompressed for .gz); a truncated or corrupt gzip raises OSError/EOFError."""
-    if not path.endswith(".gz"):
-        return os.path.getsize(path)
-    n = 0
-    with gzip.open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            n += len(chunk)
-    return n
-
-
 def _read(path, case):
-    import SimpleITK as sitk
-
+    """-> (array, ITK spacing (x, y, z[, t])); a bad file names its case."""
     try:
-        img = sitk.ReadImage(path)
-        array = sitk.GetArrayFromImage(img)  # array axes reversed: (.., z, y, x)
-        # ITK zero-fills a truncated file without a word, so the size is checked here
-        complete = _stored_bytes(path) >= NIFTI_HEADER_BYTES + array.nbytes
-    except (RuntimeError, OSError, EOFError) as e:
-        raise DataError(f"case {case}: cannot read {path} ({str(e).strip().splitlines()[-1]}); re-download it")
-    if not complete:
-        raise DataError(f"case {case}: cannot read {path} (the file is truncated); re-download it")
+        img, array = read_itk(path)
+    except DataError as e:
+        raise DataError(f"case {case}: cannot read {path} ({str(e).split(': ', 1)[1]}); re-download it") from None
     return array, tuple(float(s) for s in img.GetSpacing())
 
 
@@ -122,9 +105,7 @@ def load_case(case, dataset):
     image = image.astype(np.float32)
     if not np.isfinite(image).all():
         raise DataError(f"case {case.volume}: {case.image_path} has NaN or infinite values")
-    lo, hi = float(image.min()), float(image.max())
-    image = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-    return image.astype(np.float32), remap_labels(label, LABEL_MAPS[dataset], case.volume), spacing[::-1]
+    return normalize(image, {"scheme": "minmax"}), remap_labels(label, LABEL_MAPS[dataset], case.volume), spacing[::-1]
 
 
 def remap_labels(label, mapping, case):

@@ -15,7 +15,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state
 from utils.metrics import case_metrics, class_pool, summarize
+
+
+def load_segmenter(path, device, memory_format=torch.contiguous_format, data_classes=None):
+    """A *_best_model.pth / *_final_model.pth -> (network in eval mode on `device`, checkpoint dict). The
+    checkpoint names the network, its classes, patch size and intensity normalisation. data_classes: (folder,
+    its class count), checked against the checkpoint's before anything is built."""
+    from networks.unet import net_factory
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") not in ("best", "final"):
+        raise CheckpointError(f"{path}: this is a training-state file; pass the *_best_model.pth (or "
+                              f"_final_model.pth) beside it")
+    arch = ckpt["arch"]
+    if data_classes and arch["num_classes"] != data_classes[1]:
+        raise CheckpointError(f"{path}: trained for {arch['num_classes']} classes but {data_classes[0]} has "
+                              f"{data_classes[1]}; pass the matching --root_path or checkpoint")
+    model = net_factory(arch["net"], arch["in_chns"], arch["num_classes"])
+    model.to(device, memory_format=memory_format)
+    load_state(model, ckpt["model"], "the segmentation network", path)
+    return model.eval(), ckpt
 
 
 def native_probabilities(logits, size):
@@ -28,20 +49,41 @@ def native_probabilities(logits, size):
     return F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # flip test-time augmentation: none, left-right, up-down, both
+
+
+def flip_tta_probabilities(model, x, size):
+    """(b, 1, ph, pw) -> (b, C, H, W): the mean of the native-size probabilities of the four flipped inputs,
+    each flipped back."""
+    total = None
+    for dims in FLIPS:
+        xf = x.flip(dims) if dims else x
+        p = native_probabilities(model(xf), size)
+        p = p.flip(dims) if dims else p
+        total = p if total is None else total + p
+    return total / len(FLIPS)
+
+
 @torch.no_grad()
-def predict_volume(model, image, patch_size, device, batch_size=16):
-    """image (D, H, W) float32 -> prediction (D, H, W) uint8, the argmax of the native-size probabilities
-    (taken as max(1).indices, the same first-maximum index, because argmax(1) is ~13x slower on CPU)."""
+def predict_volume(model, image, patch_size, device, batch_size=16, tta=False, with_probabilities=False):
+    """image (D, H, W) float32 in [0, 1] -> prediction (D, H, W) uint8, the argmax of the native-size
+    probabilities (taken as max(1).indices, the same first-maximum index, because argmax(1) is ~13x slower on
+    CPU); with_probabilities: (prediction, probabilities (C, D, H, W) float32). tta: flip_tta_probabilities."""
     d, h, w = image.shape
     ph, pw = patch_size
     x = np.stack([cv2.resize(s, (pw, ph), interpolation=cv2.INTER_LINEAR) for s in image]) if (h, w) != (ph, pw) \
         else image
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
-    preds = []
+    preds, probs = [], []
     for i in range(0, d, batch_size):
-        logits = model(x[i:i + batch_size].to(device, non_blocking=True))  # (b, C, ph, pw)
-        preds.append(native_probabilities(logits, (h, w)).max(1).indices.to(torch.uint8).cpu())
-    return torch.cat(preds).numpy()
+        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        # (b, C, H, W) at the native size
+        p = flip_tta_probabilities(model, xb, (h, w)) if tta else native_probabilities(model(xb), (h, w))
+        preds.append(p.max(1).indices.to(torch.uint8).cpu())
+        if with_probabilities:
+            probs.append(p.cpu())
+    pred = torch.cat(preds).numpy()
+    return (pred, torch.cat(probs).transpose(0, 1).numpy()) if with_probabilities else pred
 
 
 def evaluate(model, volumes, patch_size, device, num_classes, class_names=None, batch_size=16,

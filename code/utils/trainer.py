@@ -43,7 +43,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataloaders.dataset import SliceDataset, VolumeDataset
+from dataloaders.dataset import DataError, SliceDataset, VolumeDataset
 from dataloaders.datasets import labeled_slice_count, load_dataset_info
 from dataloaders.random_streams import stream_seed
 from dataloaders.sampler import TwoStreamBatchSampler
@@ -140,6 +140,12 @@ class TrainingRun:
                                       skip_bad=args.skip_bad_samples, log=notes.append)
         n_lab = labeled_slice_count(self.info, args.labelnum, len(self.train_set))
         self.labeled_idx = self.train_set.valid_indices(range(n_lab))
+        no_label = [i for i in self.labeled_idx if not self.train_set.has_label[i]]
+        if no_label:  # a slice without a mask can only be unlabeled data
+            raise DataError(f"{self.train_set.paths[no_label[0]]}: has no label but is among the first {n_lab} "
+                            f"slices of train_slices.list, the labeled set of --labelnum {args.labelnum} "
+                            f"({len(no_label)} such slices); list the labeled cases first (prepare_data.py does) "
+                            f"or lower --labelnum")
         self.unlabeled_idx = self.train_set.valid_indices(range(n_lab, len(self.train_set)))
         self.semi_supervised = semi_supervised
         self._sampler(0)  # checks that the labeled/unlabeled sets can fill a batch
@@ -490,6 +496,7 @@ class TrainingRun:
         return {"format": FORMAT, "kind": kind, "iteration": iteration, "metrics": summary,
                 "arch": {"net": a.model, "in_chns": 1, "num_classes": self.num_classes},
                 "patch_size": list(a.patch_size), "class_names": self.info.class_names,
+                "normalization": self.info.normalization,  # what predict.py applies to a new scan
                 "model": eval_model.state_dict(),
                 "extra_models": {n: m.state_dict() for n, m in models.items() if m is not eval_model},
                 "config": vars(a)}

@@ -1,0 +1,264 @@
+"""Your own data end to end: an nnU-Net raw dataset (3-D NIfTI with spacing, origin and an oblique direction,
+two cases without labels) and a folder of PNGs go through prepare_data -> training -> test_ACDC -> predict.
+The unlabeled cases are used (unlabeled stream) and never supervised; predictions keep the input's geometry."""
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+
+import predict
+import prepare_data
+import test_ACDC
+import train_cps_ACDC
+import train_diffrect_ACDC
+import train_fixmatch_ACDC
+import train_fully_supervised_ACDC
+import train_ict_ACDC
+import train_incl_ACDC
+import train_mcnetv2_ACDC
+import train_mean_teacher_ACDC
+import train_uamt_ACDC
+from dataloaders.dataset import NO_LABEL, DataError
+from dataloaders.intensity import normalize
+from own_data_fixtures import DIRECTION, ORIGIN, SPACING, make_nnunet, make_png_folder, nifti
+from utils.evaluation import load_segmenter, predict_volume
+from utils.trainer import TrainingRun
+from conftest import TEST_GPU
+
+TINY = ["--patch_size", "32", "32", "--batch_size", "4", "--labeled_bs", "2", "--log_interval", "1",
+        "--gpu", TEST_GPU, "--max_iterations", "2", "--val_interval", "2"]
+SCRIPTS = [train_fully_supervised_ACDC, train_fixmatch_ACDC, train_diffrect_ACDC, train_uamt_ACDC, train_cps_ACDC,
+           train_ict_ACDC, train_mcnetv2_ACDC, train_incl_ACDC, train_mean_teacher_ACDC]
+UNLABELED = ("case06", "case07")
+
+
+@pytest.fixture(scope="module")
+def nnunet(tmp_path_factory):
+    """(raw folder, prepared folder, {case: (raw image, label)}, prepare's summary)."""
+    root = tmp_path_factory.mktemp("own")
+    raw, prep = str(root / "raw"), str(root / "prepared")
+    cases = make_nnunet(raw)
+    summary = prepare_data.main(["nnunet", "--input", raw, "--output", prep, "--val_fraction", "0.25"])
+    return raw, prep, cases, summary
+
+
+@pytest.fixture(scope="module")
+def trained(nnunet, tmp_path_factory):
+    """A FixMatch checkpoint trained on the prepared nnU-Net dataset (2 labeled cases)."""
+    _, prep, _, _ = nnunet
+    snap = str(tmp_path_factory.mktemp("run") / "fixmatch")
+    train_fixmatch_ACDC.main(["--root_path", prep, "--snapshot_dir", snap, "--labelnum", "2", *TINY])
+    return os.path.join(snap, "unet_best_model.pth")
+
+
+def lines(path):
+    return open(path).read().split()
+
+
+def test_nnunet_prepare_keeps_values_geometry_and_unlabeled_cases(nnunet):
+    raw, prep, cases, summary = nnunet
+    desc = json.load(open(os.path.join(prep, "dataset.json")))
+    assert desc["class_names"] == ["background", "RV", "Myo", "LV"] and desc["num_classes"] == 4
+    assert desc["normalization"] == {"scheme": "minmax"}  # an MRI channel
+    val, train = lines(os.path.join(prep, "val.list")), lines(os.path.join(prep, "train_slices.list"))
+    assert len(val) == 2 and not set(val) & set(UNLABELED) and summary["unlabeled"] == 2
+    labeled_train = [c for c in cases if c not in val and c not in UNLABELED]
+    # labeled train cases first (4 slices each), the unlabeled cases last: --labelnum N = the first N labeled
+    assert desc["patients_to_slices"] == {str(n): 4 * n for n in range(1, len(labeled_train) + 1)}
+    assert [s.rsplit("_slice_", 1)[0] for s in train[::4]] == labeled_train + list(UNLABELED)
+    for sid in train:
+        with h5py.File(os.path.join(prep, "data", "slices", f"{sid}.h5")) as f:
+            assert ("label" in f) == (sid.rsplit("_slice_", 1)[0] not in UNLABELED)
+    image, label = cases[val[0]]
+    with h5py.File(os.path.join(prep, "data", f"{val[0]}.h5")) as f:
+        np.testing.assert_array_equal(f["image"][()], normalize(image, {"scheme": "minmax"}))
+        np.testing.assert_array_equal(f["label"][()], label)
+        assert np.allclose(f.attrs["spacing"], SPACING[::-1]) and np.allclose(f.attrs["origin"], ORIGIN)
+        assert np.allclose(f.attrs["direction"], DIRECTION)
+        assert list(f.attrs["intensity_range"]) == [float(image.min()), float(image.max())]
+
+
+def test_unlabeled_cases_are_in_the_unlabeled_stream_and_never_supervised(nnunet, tmp_path):
+    _, prep, _, _ = nnunet
+    args = train_fixmatch_ACDC.parse_args(["--root_path", prep, "--snapshot_dir", str(tmp_path / "s"),
+                                           "--labelnum", "2", *TINY])
+    with TrainingRun(args, train_fixmatch_ACDC.BATCHES) as run:
+        ids = run.train_set.ids
+        no_label = {i for i, s in enumerate(ids) if s.rsplit("_slice_", 1)[0] in UNLABELED}
+        assert no_label == {i for i, h in enumerate(run.train_set.has_label) if not h} and len(no_label) == 8
+        assert no_label <= set(run.unlabeled_idx) and not no_label & set(run.labeled_idx)
+        sampler, seen = run._sampler(0), set()
+        for k in range(40):
+            batch = sampler.batch(k)
+            assert not {i for i, _ in batch[:args.labeled_bs]} & no_label  # labeled slots: labeled slices only
+            seen |= {i for i, _ in batch[args.labeled_bs:]}
+        assert seen & no_label  # and the label-less slices are drawn as unlabeled data
+        item = run.train_set[(min(no_label), (1, "augmentation", 0, 0))]
+        assert item["image"].shape == (1, 32, 32) and bool((item["label"] == NO_LABEL).all())
+        with pytest.raises(IndexError):  # a loss that used such a label would fail, not learn from it
+            torch.nn.functional.cross_entropy(torch.zeros(1, 4, 32, 32), item["label"][None])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
+def test_every_training_script_runs_on_prepared_own_data(nnunet, tmp_path, script):
+    _, prep, _, _ = nnunet
+    snap = str(tmp_path / "run")
+    script.main(["--root_path", prep, "--snapshot_dir", snap, "--labelnum", "2", *TINY])
+    assert [f for f in os.listdir(snap) if f.endswith("_best_model.pth")]
+
+
+def read_geometry(path):
+    img = sitk.ReadImage(path)
+    return img.GetSpacing(), img.GetOrigin(), img.GetDirection(), sitk.GetArrayFromImage(img)
+
+
+def test_test_acdc_and_predict_agree_voxel_for_voxel_with_the_source_geometry(nnunet, trained, tmp_path):
+    raw, prep, cases, _ = nnunet
+    test_ACDC.main(["--root_path", prep, "--checkpoint", trained, "--split", "val", "--gpu", TEST_GPU, "--save_nifti"])
+    val = lines(os.path.join(prep, "val.list"))
+    out = str(tmp_path / "masks")
+    written = predict.main(["--checkpoint", trained, "--input", os.path.join(raw, "imagesTr"), "--output", out,
+                            "--gpu", TEST_GPU])
+    assert len(written) == len(cases)  # every scan, labeled or not
+    for case in val:
+        src = read_geometry(os.path.join(raw, "imagesTr", f"{case}_0000.nii.gz"))
+        pred_dir = os.path.join(os.path.dirname(trained), "predictions_val")
+        ours = read_geometry(os.path.join(pred_dir, f"{case}_pred.nii.gz"))
+        img = read_geometry(os.path.join(pred_dir, f"{case}_img.nii.gz"))
+        new = read_geometry(os.path.join(out, f"{case}_0000.nii.gz"))
+        for g in (ours, img, new):
+            assert np.allclose(g[0], SPACING) and np.allclose(g[1], ORIGIN) and np.allclose(g[2], DIRECTION)
+        np.testing.assert_array_equal(new[3], ours[3])  # predict.py == test_ACDC.py, voxel for voxel
+        assert new[3].shape == src[3].shape and new[3].dtype == np.uint8
+        np.testing.assert_allclose(img[3], src[3], atol=1e-3)  # the scan in its own intensities again
+
+
+def test_flip_tta_is_the_mean_of_the_flipped_predictions(nnunet, trained, tmp_path):
+    raw, _, cases, _ = nnunet
+    out = str(tmp_path / "tta")
+    src = os.path.join(raw, "imagesTr", "case06_0000.nii.gz")
+    predict.main(["--checkpoint", trained, "--input", src, "--output", out, "--tta", "--save_probabilities",
+                  "--gpu", "-1"])
+    probs = np.load(os.path.join(out, "case06_0000_probabilities.npz"))["probabilities"]
+    model, ckpt = load_segmenter(trained, torch.device("cpu"))
+    image = normalize(cases["case06"][0], ckpt["normalization"])
+    expect = 0
+    for axes in ((), (2,), (1,), (1, 2)):  # none, left-right, up-down, both: flip the slices, predict, flip back
+        flipped = np.ascontiguousarray(np.flip(image, axes) if axes else image)
+        _, p = predict_volume(model, flipped, ckpt["patch_size"], torch.device("cpu"), with_probabilities=True)
+        expect = expect + (np.flip(p, tuple(a + 1 for a in axes)) if axes else p) / 4
+    assert probs.shape == (4, *image.shape)
+    np.testing.assert_allclose(probs, expect, atol=1e-5)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "case06_0000.nii.gz")))
+    np.testing.assert_array_equal(mask, probs.argmax(0))
+
+
+def test_png_folder_end_to_end(tmp_path):
+    images = make_png_folder(str(tmp_path / "png"))
+    prep = str(tmp_path / "prepared")
+    summary = prepare_data.main(["folder", "--images", str(tmp_path / "png" / "images"), "--masks",
+                                 str(tmp_path / "png" / "masks"), "--output", prep, "--classes", "BG", "RV", "Myo",
+                                 "LV", "--val_fraction", "0.34"])
+    assert summary["unlabeled"] == 2 and summary["split"]["val"] == 2 and summary["class_names"][0] == "BG"
+    val = lines(os.path.join(prep, "val.list"))
+    with h5py.File(os.path.join(prep, "data", f"{val[0]}.h5")) as f:
+        assert f["image"].shape == (1, 48, 56)
+        np.testing.assert_array_equal(f["label"][0], images[val[0]][1])
+    snap = str(tmp_path / "run")
+    train_fixmatch_ACDC.main(["--root_path", prep, "--snapshot_dir", snap, "--labelnum", "2", *TINY])
+    ckpt = os.path.join(snap, "unet_best_model.pth")
+    test_ACDC.main(["--root_path", prep, "--checkpoint", ckpt, "--split", "val", "--gpu", TEST_GPU, "--save_nifti"])
+    out = str(tmp_path / "masks")
+    predict.main(["--checkpoint", ckpt, "--input", str(tmp_path / "png" / "images"), "--output", out,
+                  "--gpu", TEST_GPU])
+    mask = Image.open(os.path.join(out, f"{val[0]}.png"))
+    assert mask.mode == "P" and mask.size == (56, 48)  # a palette PNG of the input's size, values = class ids
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(snap, "predictions_val", f"{val[0]}_pred.nii.gz")))
+    np.testing.assert_array_equal(np.array(mask), ours)
+
+
+def test_colour_masks_map_through_the_classes_table(tmp_path):
+    make_png_folder(str(tmp_path / "png"))
+    colour_dir = tmp_path / "colour"
+    colour_dir.mkdir()
+    table = {0: (0, 0, 0), 1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255)}
+    for name in os.listdir(tmp_path / "png" / "masks"):
+        ids = np.array(Image.open(tmp_path / "png" / "masks" / name))
+        Image.fromarray(np.array([table[v] for v in ids.ravel()], np.uint8).reshape(*ids.shape, 3)).save(
+            colour_dir / name)
+    spec = ["BG=0,0,0", "RV=255,0,0", "Myo=0,255,0", "LV=0,0,255"]
+    prepare_data.main(["folder", "--images", str(tmp_path / "png" / "images"), "--masks", str(colour_dir),
+                       "--output", str(tmp_path / "a"), "--classes", *spec])
+    prepare_data.main(["folder", "--images", str(tmp_path / "png" / "images"), "--masks",
+                       str(tmp_path / "png" / "masks"), "--output", str(tmp_path / "b")])
+    for sid in lines(str(tmp_path / "a" / "train_slices.list")):
+        a, b = (h5py.File(tmp_path / d / "data" / "slices" / f"{sid}.h5") for d in "ab")
+        assert ("label" in a) == ("label" in b)
+        if "label" in a:
+            np.testing.assert_array_equal(a["label"][()], b["label"][()])
+    with pytest.raises(DataError, match=r"img00.png: value \(255, 0, 0\) is not one of the --classes"):
+        prepare_data.main(["folder", "--images", str(tmp_path / "png" / "images"), "--masks", str(colour_dir),
+                           "--output", str(tmp_path / "c"), "--classes", "BG=0,0,0", "Myo=0,255,0", "LV=0,0,255"])
+    assert not (tmp_path / "c").exists()
+
+
+def test_unusable_own_data_stops_with_one_line(tmp_path, nnunet):
+    raw, prep, _, _ = nnunet
+    # several channels and no --channel
+    multi = tmp_path / "multi"
+    make_nnunet(str(multi), n_cases=3, unlabeled=())
+    desc = json.load(open(multi / "dataset.json"))
+    desc["channel_names"] = {"0": "T2", "1": "ADC"}
+    json.dump(desc, open(multi / "dataset.json", "w"))
+    with pytest.raises(DataError, match="2 channels .*choose one with --channel"):
+        prepare_data.main(["nnunet", "--input", str(multi), "--output", str(tmp_path / "o1")])
+    # no case with a mask
+    bare = tmp_path / "bare"
+    make_png_folder(str(bare), n_images=3, unlabeled=(0, 1, 2))
+    with pytest.raises(DataError, match="no case has a mask"):
+        prepare_data.main(["folder", "--images", str(bare / "images"), "--masks", str(bare / "masks"),
+                           "--output", str(tmp_path / "o2")])
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    # a label-less slice listed inside the labeled set
+    moved = tmp_path / "moved"
+    os.system(f"cp -r {prep} {moved}")
+    ids = lines(str(moved / "train_slices.list"))
+    (moved / "train_slices.list").write_text("\n".join(ids[-1:] + ids[:-1]) + "\n")
+    with pytest.raises(DataError, match="case07_slice_4.h5: has no label but is among the first 4 slices"):
+        train_fixmatch_ACDC.main(["--root_path", str(moved), "--snapshot_dir", str(tmp_path / "r1"),
+                                  "--labelnum", "1", *TINY])
+    # every labeled case labeled and no unlabeled case: a semi-supervised run has nothing to learn from
+    full = tmp_path / "full"
+    make_nnunet(str(full / "raw"), n_cases=4, unlabeled=())
+    prepare_data.main(["nnunet", "--input", str(full / "raw"), "--output", str(full / "prep")])
+    with pytest.raises(DataError, match="0 unlabeled slices"):
+        train_fixmatch_ACDC.main(["--root_path", str(full / "prep"), "--snapshot_dir", str(tmp_path / "r2"),
+                                  "--labelnum", "3", *TINY])
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_predict_refuses_bad_inputs_and_writes_nothing(trained, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    nifti(str(inputs / "a_good.nii.gz"), rng.random((3, 20, 24)).astype(np.float32))
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(rng.random((3, 20, 24)).astype(np.float32)) for _ in range(2)])
+    sitk.WriteImage(four_d, str(inputs / "b_cine.nii.gz"))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"b_cine.nii.gz: has 2 channels; choose one with --channel"):
+        predict.main(["--checkpoint", trained, "--input", str(inputs), "--output", str(out), "--gpu", "-1"])
+    assert not out.exists()  # the good file before it was not segmented either
+    (inputs / "b_cine.nii.gz").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"b_cine.nii.gz: cannot read it"):
+        predict.main(["--checkpoint", trained, "--input", str(inputs), "--output", str(out), "--gpu", "-1"])
+    (inputs / "b_cine.nii.gz").unlink()
+    written = predict.main(["--checkpoint", trained, "--input", str(inputs / "a_good.nii.gz"), "--output", str(out),
+                            "--gpu", "-1"])
+    assert [os.path.basename(w) for w in written] == ["a_good.nii.gz"] and sorted(os.listdir(out)) == ["a_good.nii.gz"]
+    mask = sitk.ReadImage(written[0])
+    assert mask.GetSize() == (24, 20, 3) and np.allclose(mask.GetDirection(), DIRECTION)
