@@ -5,7 +5,8 @@
 Checks: the dataset description, lists vs files, each file readable with 'image' and 'label' of equal 2-D
 (slices) or 3-D (volumes) shape, numeric image in [0, 1] without NaN, integer labels in [0, num_classes),
 no duplicate ids, no val/test volume that also gives training slices, and every labeled-slice table entry
-covered by train_slices.list. Exit code 0 when all is well, 1 when anything is wrong.
+covered by train_slices.list. A training slice without 'label' is unlabeled data: fine, unless a table entry's
+labeled set (the first N slices) includes it. Exit code 0 when all is well, 1 when anything is wrong.
 """
 import argparse
 import os
@@ -27,15 +28,15 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def check_file(path, num_classes, ndim):
-    """-> list of problems of one h5 file (empty when it is fine)."""
+def check_file(path, num_classes, ndim, need_label=True):
+    """-> (list of problems of one h5 file (empty when it is fine), whether it has a label)."""
     if not os.path.isfile(path):
-        return ["file not found"]
+        return ["file not found"], False
     try:
-        read_case(path, num_classes, ndim)  # every check, the [0, 1] intensity range included
+        _, label, _ = read_case(path, num_classes, ndim, need_label)  # every check, the [0, 1] range included
     except DataError as e:
-        return [str(e).replace(f"{path}: ", "")]
-    return []
+        return [str(e).replace(f"{path}: ", "")], False
+    return [], label is not None
 
 
 def check_dataset(root, dataset=None, num_classes=None):
@@ -59,13 +60,23 @@ def check_dataset(root, dataset=None, num_classes=None):
         for ident, n in Counter(lists[name]).items():
             if n > 1:
                 problems.append((f"{name}.list", f"{ident} listed {n} times"))
-    for sid in lists.get("train_slices", []):
-        for msg in check_file(os.path.join(root, "data", "slices", f"{sid}.h5"), c, 2):
+    unlabeled = []  # positions in train_slices.list of slices without a label
+    for k, sid in enumerate(lists.get("train_slices", [])):
+        msgs, has_label = check_file(os.path.join(root, "data", "slices", f"{sid}.h5"), c, 2, need_label=False)
+        for msg in msgs:
             problems.append((f"slice {sid}", msg))
+        if not msgs and not has_label:
+            unlabeled.append(k)
         stats["slices"] += 1
+    stats["unlabeled_slices"] = len(unlabeled)
+    for labelnum, n in sorted(info.patients_to_slices.items()):
+        inside = [k for k in unlabeled if k < n]
+        if inside:
+            problems.append(("dataset table", f"--labelnum {labelnum}'s labeled set (the first {n} slices) includes "
+                             f"{len(inside)} slice(s) without a label, first {lists['train_slices'][inside[0]]}"))
     for split in ("val", "test"):
         for vid in lists.get(split, []):
-            for msg in check_file(os.path.join(root, "data", f"{vid}.h5"), c, 3):
+            for msg in check_file(os.path.join(root, "data", f"{vid}.h5"), c, 3)[0]:
                 problems.append((f"{split} volume {vid}", msg))
             stats["volumes"] += 1
     train_volumes = {s.rsplit("_slice_", 1)[0] for s in lists.get("train_slices", [])}
@@ -90,8 +101,8 @@ def main(argv=None):
     for where, msg in problems:
         print(f"{where}: {msg}")
     verdict = "OK" if not problems else f"{len(problems)} problem(s)"
-    print(f"{args.root_path}: {stats.get('dataset', '?')}, {stats['slices']} train slices, {stats['volumes']} "
-          f"eval volumes checked: {verdict}")
+    print(f"{args.root_path}: {stats.get('dataset', '?')}, {stats['slices']} train slices "
+          f"({stats.get('unlabeled_slices', 0)} without label), {stats['volumes']} eval volumes checked: {verdict}")
     return 0 if not problems else 1
 
 

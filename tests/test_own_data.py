@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
+import check_data
 import predict
 import prepare_data
 import test_ACDC
@@ -81,6 +82,8 @@ def test_nnunet_prepare_keeps_values_geometry_and_unlabeled_cases(nnunet):
         assert np.allclose(f.attrs["spacing"], SPACING[::-1]) and np.allclose(f.attrs["origin"], ORIGIN)
         assert np.allclose(f.attrs["direction"], DIRECTION)
         assert list(f.attrs["intensity_range"]) == [float(image.min()), float(image.max())]
+    problems, stats = check_data.check_dataset(prep)
+    assert problems == [] and stats["unlabeled_slices"] == 8
 
 
 def test_unlabeled_cases_are_in_the_unlabeled_stream_and_never_supervised(nnunet, tmp_path):
@@ -229,6 +232,9 @@ def test_unusable_own_data_stops_with_one_line(tmp_path, nnunet):
     os.system(f"cp -r {prep} {moved}")
     ids = lines(str(moved / "train_slices.list"))
     (moved / "train_slices.list").write_text("\n".join(ids[-1:] + ids[:-1]) + "\n")
+    problems, _ = check_data.check_dataset(str(moved))
+    assert problems[0] == ("dataset table", "--labelnum 1's labeled set (the first 4 slices) includes 1 slice(s) "
+                           "without a label, first case07_slice_4")
     with pytest.raises(DataError, match="case07_slice_4.h5: has no label but is among the first 4 slices"):
         train_fixmatch_ACDC.main(["--root_path", str(moved), "--snapshot_dir", str(tmp_path / "r1"),
                                   "--labelnum", "1", *TINY])
