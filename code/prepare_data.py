@@ -33,7 +33,7 @@ from tqdm import tqdm
 from dataloaders.dataset import DataError
 from dataloaders.datasets import DATASETS
 from dataloaders.layout import atomic_folder, check_output, read_ids, write_h5, write_list
-from dataloaders.intensity import SCHEMES, ct_window, default_scheme
+from dataloaders.intensity import SCHEMES, ct_window, default_scheme, foreground_sample
 from dataloaders.official_sources import CLASS_NAMES, FINDERS, load_case
 from dataloaders.own_data import Volume, find_folder, find_nnunet, load_own_case, read_nnunet_description, to_volume
 from utils.config import PROJECT_ROOT, HelpFormatter, UsageError
@@ -157,13 +157,17 @@ def write_dataset(out, desc, split, slice_order, volumes):
         vol = volumes[v]
         if not 1 <= int(k) <= vol.image.shape[0]:
             raise DataError(f"train_slices.list: {sid} is beyond the {vol.image.shape[0]} slices of {v}")
-        z = int(k) - 1
-        write_h5(os.path.join(out, "data", "slices", f"{sid}.h5"), vol.image[z],
-                 None if vol.label is None else vol.label[z], vol.spacing[1:])
+        write_slice(out, sid, vol, int(k) - 1)
     write_list(os.path.join(out, "train_slices.list"), slices)
     with open(os.path.join(out, "dataset.json"), "w") as f:
         json.dump(desc, f, indent=2)
     return len(slices)
+
+
+def write_slice(out, sid, vol, z):
+    """data/slices/<sid>.h5: slice z of a Volume (no 'label' when the volume has none: an unlabeled slice)."""
+    write_h5(os.path.join(out, "data", "slices", f"{sid}.h5"), vol.image[z],
+             None if vol.label is None else vol.label[z], vol.spacing[1:])
 
 
 def description(name, class_names, table, normalization=None, **extra):
@@ -228,20 +232,11 @@ def prepare_own(args):
         cases, values, channel_name = find_folder(args.images, args.masks), None, ""
         source = {"format": "folder", "images": os.path.abspath(args.images),
                   "masks": args.masks and os.path.abspath(args.masks)}
-    read = {c.name: load_own_case(c, values, colours)
-            for c in tqdm(cases, desc=f"reading {args.dataset}", ncols=80)}
     labeled = [c.name for c in cases if c.label_path]
     unlabeled = [c.name for c in cases if not c.label_path]
     if not labeled:
         raise DataError(f"{source.get('masks') or args.input}: no case has a mask; at least the labeled cases for "
                         f"training and validation need one")
-    top = max(int(read[c][1].max()) for c in labeled)
-    if names is None:  # folder without --classes: the mask values are the ids
-        names = ["BG"] + [f"class{k}" for k in range(1, max(top, 1) + 1)]
-    if top >= len(names):
-        worst = next(c for c in labeled if read[c][1].max() == top)
-        raise DataError(f"case {worst}: mask value {top} but only {len(names)} classes ({', '.join(names)}); "
-                        f"name every class with --classes")
     if args.split_lists:
         split = own_split_from_lists(args.split_lists, labeled)
     else:
@@ -251,17 +246,49 @@ def prepare_own(args):
     train_labeled = split["train"]
     split["train"] = train_labeled + unlabeled  # labeled first: --labelnum N takes the first N of them
     scheme = args.normalize or default_scheme(channel_name)
+    # pass 1: read and check every case, keeping only its depth, top label and (ct) a sample of its foreground,
+    # so that a large CT dataset never sits in memory whole
+    depths, tops, samples = {}, {}, []
+    for i, c in enumerate(tqdm(cases, desc=f"checking {args.dataset}", ncols=80)):
+        raw, label, _ = load_own_case(c, values, colours)
+        depths[c.name] = raw.shape[0]
+        if label is not None:
+            tops[c.name] = int(label.max())
+        if scheme == "ct" and c.name in train_labeled:
+            samples.append(foreground_sample(raw, label, np.random.default_rng([args.seed, i])))
+    top = max(tops.values())
+    if names is None:  # folder without --classes: the mask values are the ids
+        names = ["BG"] + [f"class{k}" for k in range(1, max(top, 1) + 1)]
+    if top >= len(names):
+        worst = next(c for c, t in tops.items() if t == top)
+        raise DataError(f"case {worst}: mask value {top} but only {len(names)} classes ({', '.join(names)}); "
+                        f"name every class with --classes")
     normalization = {"scheme": scheme}
     if scheme == "ct":
-        normalization["window"] = ct_window([read[c][:2] for c in train_labeled])
-    volumes = {name: to_volume(*read[name], normalization) for name in read}
-    depths = {c: volumes[c].image.shape[0] for c in volumes}
+        try:
+            normalization["window"] = ct_window(samples)
+        except ValueError as e:
+            raise DataError(f"--normalize ct: {e}; choose --normalize minmax or percentile") from None
     table = labeled_table(train_labeled, depths, {c: c for c in train_labeled})
     desc = description(args.name or os.path.basename(os.path.abspath(args.output)), names, table, normalization,
                        source=source, cases={"labeled_train": len(train_labeled), "unlabeled": len(unlabeled)} |
                        {s: len(v) for s, v in split.items() if s != "train"})
+    train = set(split["train"])
+    # pass 2: one case at a time, normalised and written (volume file, and slice files for the training cases)
     with atomic_folder(args.output, args.overwrite) as tmp:
-        n_slices = write_dataset(str(tmp), desc, split, None, volumes)
+        os.makedirs(os.path.join(tmp, "data", "slices"))
+        for c in tqdm(cases, desc="writing", ncols=80):
+            vol = to_volume(*load_own_case(c, values, colours), normalization)
+            write_h5(os.path.join(tmp, "data", f"{c.name}.h5"), vol.image, vol.label, vol.spacing, vol.attrs)
+            for z in range(vol.image.shape[0]) if c.name in train else ():
+                write_slice(str(tmp), f"{c.name}_slice_{z + 1}", vol, z)
+        for s, names_in_split in split.items():
+            write_list(os.path.join(tmp, f"{s}.list"), names_in_split)
+        slices = [f"{v}_slice_{k + 1}" for v in split["train"] for k in range(depths[v])]
+        write_list(os.path.join(tmp, "train_slices.list"), slices)
+        with open(os.path.join(tmp, "dataset.json"), "w") as f:
+            json.dump(desc, f, indent=2)
+    n_slices = len(slices)
     summary = {"output": os.path.abspath(args.output), "cases": len(cases), "labeled": len(labeled),
                "unlabeled": len(unlabeled), "split": {s: len(v) for s, v in split.items()}, "train_slices": n_slices,
                "labelnum_choices": sorted(table), "normalization": normalization, "class_names": names}

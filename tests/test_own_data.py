@@ -268,3 +268,21 @@ def test_predict_refuses_bad_inputs_and_writes_nothing(trained, tmp_path):
     assert [os.path.basename(w) for w in written] == ["a_good.nii.gz"] and sorted(os.listdir(out)) == ["a_good.nii.gz"]
     mask = sitk.ReadImage(written[0])
     assert mask.GetSize() == (24, 20, 3) and np.allclose(mask.GetDirection(), DIRECTION)
+
+
+def test_a_ct_channel_gets_one_window_for_the_dataset(tmp_path):
+    cases = make_nnunet(str(tmp_path / "raw"), n_cases=5, unlabeled=("case04",))
+    desc = json.load(open(tmp_path / "raw" / "dataset.json"))
+    desc["channel_names"] = {"0": "CT"}
+    json.dump(desc, open(tmp_path / "raw" / "dataset.json", "w"))
+    prepare_data.main(["nnunet", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "p"),
+                       "--val_fraction", "0.25"])
+    norm = json.load(open(tmp_path / "p" / "dataset.json"))["normalization"]
+    train = [c for c in lines(str(tmp_path / "p" / "train.list")) if c != "case04"]
+    fg = np.concatenate([cases[c][0][cases[c][1] > 0] for c in train]).astype(np.float64)
+    assert norm["scheme"] == "ct" and np.allclose(norm["window"], np.percentile(fg, [0.5, 99.5]))
+    image, _ = cases["case04"]  # an unlabeled case is normalised with the same window
+    with h5py.File(tmp_path / "p" / "data" / "case04.h5") as f:
+        lo, hi = norm["window"]
+        np.testing.assert_allclose(f["image"][()], np.clip((image.astype(np.float32) - lo) / (hi - lo), 0, 1),
+                                   atol=1e-6)

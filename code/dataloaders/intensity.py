@@ -8,7 +8,8 @@ it to a new scan, so a scan is treated exactly as the training data was.
                 very bright voxels (flow artefacts, implants) no longer squeeze the anatomy into a few grey levels.
     zscore      per case: (x - mean) / std, clipped to [-3, 3] and mapped linearly onto [0, 1].
     ct          one window for the whole dataset: clip to [lo, hi], the 0.5 and 99.5 percentiles of the
-                labelled foreground voxels of the training cases, then (x - lo) / (hi - lo). Hounsfield units
+                labelled foreground voxels of the training cases (up to 100 000 drawn per case), then
+                (x - lo) / (hi - lo). Hounsfield units
                 mean the same tissue in every CT scan, so a per-case rescale would throw that away (nnU-Net
                 clips CT the same way). The default when the dataset's channel is named "CT".
 """
@@ -23,11 +24,17 @@ def default_scheme(channel_name):
     return "ct" if str(channel_name).strip().upper() == "CT" else "minmax"
 
 
-def ct_window(pairs):
-    """[(image, label or None)] of the training cases -> [lo, hi], the CT_PERCENTILES of the voxels labelled
-    foreground (of all voxels when no case has foreground)."""
-    fg = [img[lab > 0] for img, lab in pairs if lab is not None and np.any(lab > 0)]
-    values = np.concatenate(fg) if fg else np.concatenate([img.ravel() for img, _ in pairs])
+def foreground_sample(image, label, rng, n=100_000):
+    """Up to n intensities of the voxels labelled foreground (label > 0), drawn with rng (empty without any)."""
+    values = image[label > 0] if label is not None else image[:0]
+    return values if values.size <= n else rng.choice(values, n, replace=False)
+
+
+def ct_window(samples):
+    """Foreground samples of the training cases -> [lo, hi], their CT_PERCENTILES."""
+    values = np.concatenate([np.ravel(v) for v in samples]) if samples else np.zeros(0)
+    if values.size == 0:
+        raise ValueError("no foreground voxels in the labeled training cases to set a CT window from")
     lo, hi = np.percentile(values.astype(np.float64), CT_PERCENTILES)
     return [float(lo), float(hi)]
 
