@@ -80,6 +80,9 @@ def main(argv=None):
     model, ckpt = load_segmenter(args.checkpoint, device)
     normalization = ckpt.get("normalization", {"scheme": "minmax"})  # checkpoints before it was kept: minmax
     class_names = ckpt.get("class_names") or [str(c) for c in range(ckpt["arch"]["num_classes"])]
+    clash = [f for f in files if os.path.abspath(os.path.join(args.output, output_name(f))) == os.path.abspath(f)]
+    if clash:
+        raise UsageError(f"--output {args.output}: the mask of {clash[0]} would overwrite it; choose another folder")
     for f in tqdm(files, desc="checking inputs", ncols=80, disable=len(files) < 2):
         read_image(f, args.channel)  # every input is readable and of a usable shape before anything is written
     try:

@@ -27,6 +27,7 @@ import train_uamt_ACDC
 from dataloaders.dataset import NO_LABEL, DataError
 from dataloaders.intensity import normalize
 from own_data_fixtures import DIRECTION, ORIGIN, SPACING, make_nnunet, make_png_folder, nifti
+from utils.errors import UsageError
 from utils.evaluation import load_segmenter, predict_volume
 from utils.trainer import TrainingRun
 from conftest import TEST_GPU
@@ -263,6 +264,8 @@ def test_predict_refuses_bad_inputs_and_writes_nothing(trained, tmp_path):
     with pytest.raises(DataError, match=r"b_cine.nii.gz: cannot read it"):
         predict.main(["--checkpoint", trained, "--input", str(inputs), "--output", str(out), "--gpu", "-1"])
     (inputs / "b_cine.nii.gz").unlink()
+    with pytest.raises(UsageError, match="a_good.nii.gz would overwrite it"):
+        predict.main(["--checkpoint", trained, "--input", str(inputs), "--output", str(inputs), "--gpu", "-1"])
     written = predict.main(["--checkpoint", trained, "--input", str(inputs / "a_good.nii.gz"), "--output", str(out),
                             "--gpu", "-1"])
     assert [os.path.basename(w) for w in written] == ["a_good.nii.gz"] and sorted(os.listdir(out)) == ["a_good.nii.gz"]
