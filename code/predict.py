@@ -45,7 +45,7 @@ def parse_args(argv):
     return args
 
 
-def list_inputs(path):
+def list_inputs(path, with_probabilities=False):
     if os.path.isfile(path):
         if file_ending(path) is None:
             raise DataError(f"--input {path}: unknown file type; use one of "
@@ -56,7 +56,8 @@ def list_inputs(path):
     files = [os.path.join(path, n) for n in sorted(os.listdir(path)) if file_ending(n) and not n.startswith(".")]
     if not files:
         raise DataError(f"--input {path}: no image files ({', '.join(VOLUME_ENDINGS + IMAGE_ENDINGS)})")
-    names = [output_name(f) for f in files]
+    names = [output_name(f).lower() for f in files] + \
+        [strip_ending(f).lower() + "_probabilities.npz" for f in files if with_probabilities]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash:
         raise DataError(f"--input {path}: two inputs would both write {clash}; rename one")
@@ -66,7 +67,7 @@ def list_inputs(path):
 def write_probabilities(path, probs, class_names):
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        np.savez_compressed(tmp, probabilities=probs.astype(np.float32), class_names=np.array(class_names))
+        np.savez_compressed(tmp, probabilities=probs, class_names=np.array(class_names))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -75,12 +76,15 @@ def write_probabilities(path, probs, class_names):
 
 def main(argv=None):
     args = parse_args(argv)
-    files = list_inputs(args.input)
+    files = list_inputs(args.input, args.save_probabilities)
     device = select_device(args.gpu)
     model, ckpt = load_segmenter(args.checkpoint, device)
     normalization = ckpt.get("normalization", {"scheme": "minmax"})  # checkpoints before it was kept: minmax
     class_names = ckpt.get("class_names") or [str(c) for c in range(ckpt["arch"]["num_classes"])]
-    clash = [f for f in files if os.path.abspath(os.path.join(args.output, output_name(f))) == os.path.abspath(f)]
+    def same(out, f):  # also where the file system ignores case (SCAN.NII.GZ -> SCAN.nii.gz)
+        return os.path.abspath(out) == os.path.abspath(f) or (os.path.exists(out) and os.path.samefile(out, f))
+
+    clash = [f for f in files if same(os.path.join(args.output, output_name(f)), f)]
     if clash:
         raise UsageError(f"--output {args.output}: the mask of {clash[0]} would overwrite it; choose another folder")
     for f in tqdm(files, desc="checking inputs", ncols=80, disable=len(files) < 2):

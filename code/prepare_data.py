@@ -212,6 +212,9 @@ def own_split_from_lists(folder, labeled):
             raise DataError(f"{s}.list names {missing[0]!r} (and {len(missing) - 1} more), which is not a labeled "
                             f"case of the input")
     held = set(split["val"]) | set(split.get("test", []))
+    both = sorted(set(split.get("train", [])) & held) + sorted(set(split["val"]) & set(split.get("test", [])))
+    if both:
+        raise DataError(f"--split_lists {folder}: {both[0]!r} is in two of train/val/test.list; a case belongs to one")
     split.setdefault("train", [c for c in labeled if c not in held])
     return {s: split[s] for s in ("train", "val", "test") if s in split}
 
@@ -235,8 +238,9 @@ def prepare_own(args):
     labeled = [c.name for c in cases if c.label_path]
     unlabeled = [c.name for c in cases if not c.label_path]
     if not labeled:
-        raise DataError(f"{source.get('masks') or args.input}: no case has a mask; at least the labeled cases for "
-                        f"training and validation need one")
+        where = f"--masks {args.masks}" if args.dataset == "folder" else os.path.join(args.input, "labelsTr")
+        raise DataError(f"{where}: no case has a mask; at least the labeled cases for training and validation need "
+                        f"one")
     if args.split_lists:
         split = own_split_from_lists(args.split_lists, labeled)
     else:
@@ -248,21 +252,25 @@ def prepare_own(args):
     scheme = args.normalize or default_scheme(channel_name)
     # pass 1: read and check every case, keeping only its depth, top label and (ct) a sample of its foreground,
     # so that a large CT dataset never sits in memory whole
-    depths, tops, samples = {}, {}, []
+    depths, tops, samples, present = {}, {}, [], set()
     for i, c in enumerate(tqdm(cases, desc=f"checking {args.dataset}", ncols=80)):
         raw, label, _ = load_own_case(c, values, colours)
         depths[c.name] = raw.shape[0]
         if label is not None:
             tops[c.name] = int(label.max())
+            present |= set(np.unique(label).tolist())
         if scheme == "ct" and c.name in train_labeled:
             samples.append(foreground_sample(raw, label, np.random.default_rng([args.seed, i])))
     top = max(tops.values())
+    if names is None and present != set(range(top + 1)):  # e.g. 0/255 masks: 256 classes would be wrong
+        raise DataError(f"--masks {args.masks}: the mask values {sorted(present)[:6]} are not the class ids 0..C-1; "
+                        f"name each value with --classes (e.g. BG=0 lesion={top})")
     if names is None:  # folder without --classes: the mask values are the ids
         names = ["BG"] + [f"class{k}" for k in range(1, max(top, 1) + 1)]
     if top >= len(names):
         worst = next(c for c, t in tops.items() if t == top)
         raise DataError(f"case {worst}: mask value {top} but only {len(names)} classes ({', '.join(names)}); "
-                        f"name every class with --classes")
+                        f"name every class with --classes, or map values to classes (e.g. BG=0 lesion={top})")
     normalization = {"scheme": scheme}
     if scheme == "ct":
         try:

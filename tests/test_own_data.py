@@ -289,3 +289,77 @@ def test_a_ct_channel_gets_one_window_for_the_dataset(tmp_path):
         lo, hi = norm["window"]
         np.testing.assert_allclose(f["image"][()], np.clip((image.astype(np.float32) - lo) / (hi - lo), 0, 1),
                                    atol=1e-6)
+
+
+def test_nnunet_label_values_map_to_ids_and_mismatches_are_refused(tmp_path):
+    raw = tmp_path / "raw"
+    cases = make_nnunet(str(raw), n_cases=4, unlabeled=())
+    desc = json.load(open(raw / "dataset.json"))
+    desc["labels"] = {"background": 0, "RV": 1, "Myo": 5, "LV": 7}  # label values that are not the ids
+    json.dump(desc, open(raw / "dataset.json", "w"))
+    for name, (_, lab) in cases.items():
+        nifti(str(raw / "labelsTr" / f"{name}.nii.gz"), np.array([0, 1, 5, 7], np.uint8)[lab])
+    prepare_data.main(["nnunet", "--input", str(raw), "--output", str(tmp_path / "p"), "--val_fraction", "0.25"])
+    for name in lines(str(tmp_path / "p" / "val.list")):
+        with h5py.File(tmp_path / "p" / "data" / f"{name}.h5") as f:
+            np.testing.assert_array_equal(f["label"][()], cases[name][1])  # values 0 1 5 7 -> ids 0 1 2 3
+    nifti(str(raw / "labelsTr" / "case00.nii"), cases["case00"][1].astype(np.uint8))  # wrong ending
+    with pytest.raises(DataError, match=r"labelsTr/case00.nii: matches no imagesTr/<case>_0000.nii.gz"):
+        prepare_data.main(["nnunet", "--input", str(raw), "--output", str(tmp_path / "q")])
+    os.remove(raw / "labelsTr" / "case00.nii")
+    nifti(str(raw / "labelsTr" / "case01.nii.gz"), np.array([0, 1, 5, 7], np.uint8)[cases["case01"][1]],
+          origin=(0.0, 0.0, 0.0))  # the mask lies elsewhere in the scanner
+    with pytest.raises(DataError, match="case case01: image and mask .* differ in origin"):
+        prepare_data.main(["nnunet", "--input", str(raw), "--output", str(tmp_path / "q")])
+    assert not (tmp_path / "q").exists()
+
+
+def test_scaled_nifti_is_read_with_its_scaling(tmp_path):
+    """dcm2niix-style int16 with scl_slope / scl_inter: ITK returns float32, the file is not truncated."""
+    from dataloaders.image_io import read_image
+
+    path = tmp_path / "ct.nii"
+    stored = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    nifti(str(path), stored)
+    header = bytearray(path.read_bytes())
+    header[112:120] = np.array([2.0, -1024.0], "<f4").tobytes()  # scl_slope, scl_inter of the NIfTI-1 header
+    path.write_bytes(bytes(header))
+    image, geometry = read_image(str(path))
+    np.testing.assert_array_equal(image, stored * 2.0 - 1024.0)
+    path.write_bytes(bytes(header)[:-10])
+    with pytest.raises(DataError, match="ct.nii: the file is truncated"):
+        read_image(str(path))
+
+
+def test_folder_inputs_that_would_go_wrong_silently_are_refused(tmp_path):
+    make_png_folder(str(tmp_path / "png"), n_images=4, unlabeled=())
+    images, masks = tmp_path / "png" / "images", tmp_path / "png" / "masks"
+    base = ["folder", "--images", str(images), "--masks", str(masks)]
+    # palette masks with an RGB colour table: their colours are compared
+    prepare_data.main(base + ["--output", str(tmp_path / "a"), "--classes", "BG=0,0,0", "RV=255,0,0", "Myo=0,255,0",
+                              "LV=0,0,255"])
+    # 0/128 and 0/255 grey masks need their values named
+    for value, expect in ((128, r"mask values \[0, 128\] are not the class ids 0..C-1; .*BG=0 lesion=128"),
+                          (255, r"img00.png: class ids must be in 0..254, found 0..255; .*BG=0 lesion=255")):
+        for n in os.listdir(masks):
+            ids = np.array(Image.open(masks / n))
+            Image.fromarray(np.where(ids > 0, value, 0).astype(np.uint8)).save(masks / n)
+        with pytest.raises(DataError, match=expect):
+            prepare_data.main(base + ["--output", str(tmp_path / "b")])
+    summary = prepare_data.main(base + ["--output", str(tmp_path / "c"), "--classes", "BG=0", "heart=255"])
+    assert summary["class_names"] == ["BG", "heart"]
+    # RGB images become grey by luminance, not by their first channel
+    rgb = np.zeros((48, 56, 3), np.uint8)
+    rgb[..., 1] = 200
+    Image.fromarray(rgb).save(images / "img00.png")
+    prepare_data.main(base + ["--output", str(tmp_path / "d"), "--classes", "BG=0", "heart=255"])
+    with h5py.File(tmp_path / "d" / "data" / "img00.h5") as f:
+        assert f.attrs["intensity_range"][1] == pytest.approx(0.587 * 200, rel=1e-5)
+    # two images of one case
+    Image.fromarray(rgb).save(images / "img01.tif")
+    with pytest.raises(DataError, match="img01.png and img01.tif are the same case 'img01'"):
+        prepare_data.main(base + ["--output", str(tmp_path / "e")])
+    os.remove(images / "img01.tif")
+    # no mask folder at all: nothing to validate on
+    with pytest.raises(DataError, match="no case has a mask"):
+        prepare_data.main(["folder", "--images", str(images), "--output", str(tmp_path / "f")])

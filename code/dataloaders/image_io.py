@@ -17,7 +17,6 @@ from dataloaders.dataset import DataError
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 IMAGE_ENDINGS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 LOSSY_ENDINGS = (".jpg", ".jpeg", ".bmp")  # a mask of such an image is written as .png (lossless, 8-bit)
-NIFTI_HEADER_BYTES = 348
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's "L" conversion, kept in float
 
 
@@ -62,7 +61,7 @@ def geometry_from_attrs(attrs, depth):
 
 def _stored_bytes(path):
     """Bytes of the NIfTI stream (decompressed for .gz); a truncated or corrupt gzip raises OSError/EOFError."""
-    if not path.endswith(".gz"):
+    if not path.lower().endswith(".gz"):
         return os.path.getsize(path)
     n = 0
     with gzip.open(path, "rb") as f:
@@ -71,16 +70,24 @@ def _stored_bytes(path):
     return n
 
 
+def _nifti_bytes(reader):
+    """The bytes a NIfTI file must hold by its header: data offset + voxels x bits per voxel (as stored, before
+    ITK applies scl_slope / scl_inter, which turns integers into float32)."""
+    dims = [int(reader.GetMetaData(f"dim[{k}]")) for k in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+    return int(float(reader.GetMetaData("vox_offset"))) + int(np.prod(dims)) * int(reader.GetMetaData("bitpix")) // 8
+
+
 def read_itk(path):
     """-> (SimpleITK image, array with ITK's reversed axes); DataError for an unreadable or truncated file."""
     import SimpleITK as sitk
 
     try:
-        img = sitk.ReadImage(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        img = reader.Execute()
         array = sitk.GetArrayFromImage(img)
-        # ITK zero-fills a truncated NIfTI without a word, so its size is checked here
-        complete = not path.lower().endswith((".nii", ".nii.gz")) or \
-            _stored_bytes(path) >= NIFTI_HEADER_BYTES + array.nbytes
+        # ITK zero-fills a truncated NIfTI without a word, so its size is checked against its header
+        complete = not path.lower().endswith((".nii", ".nii.gz")) or _stored_bytes(path) >= _nifti_bytes(reader)
     except (RuntimeError, OSError, EOFError) as e:
         why = str(e).strip().splitlines()[-1][:120]
         raise DataError(f"{path}: cannot read it ({why}); is it a complete image file?")
@@ -116,16 +123,19 @@ def _read_volume(path, channel):
     return (array[None] if dim == 2 else array), geometry
 
 
-def _read_picture(path, as_mask):
-    from PIL import Image, UnidentifiedImageError
+def _read_picture(path, as_mask, rgb_mask=False):
+    """-> ((1, H, W) or (1, H, W, 3) array, Geometry). Pictures are turned upright by their EXIF orientation,
+    as viewers show them. A palette mask gives its indices, or its colours with rgb_mask."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             if getattr(im, "n_frames", 1) > 1:
                 raise DataError(f"{path}: a multi-page image; 3-D data belongs in NIfTI (one volume per file)")
             im.load()
-            mode = im.mode
-            array = np.array(im.convert("RGBA") if mode == "P" and not as_mask else im)
+            im = ImageOps.exif_transpose(im)
+            palette_colours = im.mode == "P" and (rgb_mask or not as_mask)
+            array = np.array(im.convert("RGBA") if palette_colours else im)
     except DataError:
         raise
     except (OSError, UnidentifiedImageError, ValueError) as e:
@@ -162,19 +172,20 @@ def read_mask(path, colours=None):
     e = file_ending(path)
     if e is None or not os.path.isfile(path):
         raise DataError(f"{path}: not a readable mask file (found: {os.path.isfile(path)})")
-    array, geometry = _read_volume(path, None) if e in VOLUME_ENDINGS else _read_picture(path, as_mask=True)
+    rgb = colours is not None and len(colours[0]) == 3
+    array, geometry = _read_volume(path, None) if e in VOLUME_ENDINGS else _read_picture(path, True, rgb)
     if colours is None:
         if array.ndim == 4:
             raise DataError(f"{path}: a colour mask; give the colour of each class with --classes NAME=R,G,B ...")
         if not np.all(np.equal(np.mod(array, 1), 0)):
             raise DataError(f"{path}: mask values must be whole numbers (class ids), found {array.dtype} fractions")
-        return array.astype(np.int64), geometry
+        return array.astype(np.int32), geometry
     keys = array.reshape(-1, array.shape[-1]) if array.ndim == 4 else array.reshape(-1, 1)
     table = np.asarray(colours, np.int64).reshape(len(colours), -1)
     if table.shape[1] != keys.shape[1]:
         raise DataError(f"{path}: --classes gives {'RGB colours' if table.shape[1] == 3 else 'grey values'} but the "
                         f"mask is {'colour' if keys.shape[1] == 3 else 'grey'}")
-    ids = np.full(len(keys), -1, np.int64)
+    ids = np.full(len(keys), -1, np.int32)
     for c, value in enumerate(table):
         ids[np.all(keys == value, axis=1)] = c
     if (ids < 0).any():

@@ -89,6 +89,13 @@ def find_nnunet(root, ending, channel):
         cases.append(OwnCase(case, os.path.join(images_dir, name), label if os.path.isfile(label) else None))
     if not cases:
         raise DataError(f"{images_dir}: no files named <case>{suffix}; check --channel and dataset.json's file_ending")
+    labels_dir = os.path.join(root, "labelsTr")
+    names = {c.name for c in cases}
+    stray = sorted(n for n in os.listdir(labels_dir) if not n.startswith(".") and
+                   (not n.endswith(ending) or n[:-len(ending)] not in names)) if os.path.isdir(labels_dir) else []
+    if stray:  # a label that matches no image would silently turn its case into unlabeled data
+        raise DataError(f"{os.path.join(labels_dir, stray[0])}: matches no imagesTr/<case>{suffix} "
+                        f"({len(stray)} such files); check the names and dataset.json's file_ending {ending!r}")
     return cases
 
 
@@ -103,8 +110,14 @@ def find_folder(images_dir, masks_dir):
             if strip_ending(name) in masks:
                 raise DataError(f"--masks {masks_dir}: two masks for {strip_ending(name)!r}; keep one")
             masks[strip_ending(name)] = os.path.join(masks_dir, name)
-    cases = [OwnCase(strip_ending(n), os.path.join(images_dir, n), masks.pop(strip_ending(n), None))
-             for n in sorted(os.listdir(images_dir)) if file_ending(n) and not n.startswith(".")]
+    cases, seen = [], {}
+    for n in sorted(os.listdir(images_dir)):
+        if file_ending(n) and not n.startswith("."):
+            if strip_ending(n) in seen:
+                raise DataError(f"--images {images_dir}: {seen[strip_ending(n)]} and {n} are the same case "
+                                f"{strip_ending(n)!r}; keep one")
+            seen[strip_ending(n)] = n
+            cases.append(OwnCase(strip_ending(n), os.path.join(images_dir, n), masks.pop(strip_ending(n), None)))
     if not cases:
         raise DataError(f"--images {images_dir}: no image files ({', '.join(IMAGE_ENDINGS + VOLUME_ENDINGS)})")
     if masks:
@@ -119,20 +132,26 @@ def load_own_case(case, values=None, colours=None):
     raw, geometry = read_image(case.image_path)
     if not case.label_path:
         return raw, None, geometry
-    ids, _ = read_mask(case.label_path, colours)
+    ids, mask_geometry = read_mask(case.label_path, colours)
     if ids.shape != raw.shape:
         raise DataError(f"case {case.name}: image {raw.shape} and mask {ids.shape} ({case.label_path}) differ in "
                         f"size (D, H, W)")
+    for what in ("spacing", "origin", "direction"):  # a mask placed elsewhere in the scanner does not overlay
+        a, b = getattr(geometry, what), getattr(mask_geometry, what)
+        if geometry.volume_file and mask_geometry.volume_file and not np.allclose(a, b, rtol=1e-3, atol=1e-3):
+            raise DataError(f"case {case.name}: image and mask ({case.label_path}) differ in {what} "
+                            f"({tuple(round(v, 4) for v in a)} vs {tuple(round(v, 4) for v in b)}); resample the mask")
     if values is not None:  # nnU-Net label values -> contiguous ids
         unknown = sorted(set(np.unique(ids).tolist()) - set(values))
         if unknown:
             raise DataError(f"{case.label_path}: label values {unknown} are not in dataset.json's labels {values}")
         if values != list(range(len(values))):
-            lut = np.zeros(max(values) + 1, np.int64)
+            lut = np.zeros(max(values) + 1, np.uint8)
             lut[values] = np.arange(len(values))
             ids = lut[ids]
     if ids.min() < 0 or ids.max() > 254:
-        raise DataError(f"{case.label_path}: class ids must be in 0..254, found {ids.min()}..{ids.max()}")
+        raise DataError(f"{case.label_path}: class ids must be in 0..254, found {ids.min()}..{ids.max()}; map mask "
+                        f"values to classes with --classes (e.g. BG=0 lesion=255)")
     return raw, ids.astype(np.uint8), geometry
 
 
