@@ -147,7 +147,6 @@ def write_dataset(out, desc, split, slice_order, volumes):
     dataset.json (`desc`). volumes: name -> Volume; a Volume without a label gives label-less (unlabeled) files."""
     os.makedirs(os.path.join(out, "data", "slices"))
     for s, vols in split.items():
-        write_list(os.path.join(out, f"{s}.list"), vols)
         for v in vols:
             vol = volumes[v]
             write_h5(os.path.join(out, "data", f"{v}.h5"), vol.image, vol.label, vol.spacing, vol.attrs)
@@ -158,10 +157,17 @@ def write_dataset(out, desc, split, slice_order, volumes):
         if not 1 <= int(k) <= vol.image.shape[0]:
             raise DataError(f"train_slices.list: {sid} is beyond the {vol.image.shape[0]} slices of {v}")
         write_slice(out, sid, vol, int(k) - 1)
+    write_index(out, desc, split, slices)
+    return len(slices)
+
+
+def write_index(out, desc, split, slices):
+    """The folder's lists (<split>.list, train_slices.list) and its dataset.json."""
+    for s, names in split.items():
+        write_list(os.path.join(out, f"{s}.list"), names)
     write_list(os.path.join(out, "train_slices.list"), slices)
     with open(os.path.join(out, "dataset.json"), "w") as f:
         json.dump(desc, f, indent=2)
-    return len(slices)
 
 
 def write_slice(out, sid, vol, z):
@@ -290,12 +296,8 @@ def prepare_own(args):
             write_h5(os.path.join(tmp, "data", f"{c.name}.h5"), vol.image, vol.label, vol.spacing, vol.attrs)
             for z in range(vol.image.shape[0]) if c.name in train else ():
                 write_slice(str(tmp), f"{c.name}_slice_{z + 1}", vol, z)
-        for s, names_in_split in split.items():
-            write_list(os.path.join(tmp, f"{s}.list"), names_in_split)
         slices = [f"{v}_slice_{k + 1}" for v in split["train"] for k in range(depths[v])]
-        write_list(os.path.join(tmp, "train_slices.list"), slices)
-        with open(os.path.join(tmp, "dataset.json"), "w") as f:
-            json.dump(desc, f, indent=2)
+        write_index(str(tmp), desc, split, slices)
     n_slices = len(slices)
     summary = {"output": os.path.abspath(args.output), "cases": len(cases), "labeled": len(labeled),
                "unlabeled": len(unlabeled), "split": {s: len(v) for s, v in split.items()}, "train_slices": n_slices,
