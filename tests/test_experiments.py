@@ -149,6 +149,11 @@ def test_presets_and_flags(capsys, tmp_path):
     assert diffrect["folder"].endswith(os.path.join("paper-acdc", "diffrect_1_seed1337"))
     mscmr = run_experiments.main(["--preset", "paper-mscmr", "--dry_run", "--root_path", "/d", "--seeds", "1"])
     assert {j["root_path"] for j in mscmr} == {"/d/split1", "/d/split2"}
+    cpu = run_experiments.main(["--preset", "cpu-acdc", "--dry_run", "--root_path", "/d", "--seeds", "1"])
+    ramps = {j["method"]: j["train_argv"][j["train_argv"].index("--consistency_rampup") + 1]
+             for j in cpu if "--consistency_rampup" in j["train_argv"]}
+    assert ramps["diffrect"] == ramps["fixmatch"] == "8" and ramps["diffrect-ramp200"] == "200"
+    assert all(j["train_argv"].count("--consistency_rampup") <= 1 for j in cpu)
     with pytest.raises(run_experiments.UsageError, match="--preset 'nope' is unknown"):
         run_experiments.main(["--preset", "nope"])
     with pytest.raises(run_experiments.UsageError, match="no prepared dataset"):

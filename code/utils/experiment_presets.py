@@ -62,7 +62,10 @@ def _runs(methods, labelnums, common=(), per_method=None, splits=("",), semi=())
             for m in methods:
                 base = m.split("-", 1)[0]
                 script, flags = METHODS[base]
-                flags = (*flags, *common, *(semi if base != "supervised" else ()), *per_method.get(m, ()))
+                own = tuple(per_method.get(m, ()))
+                # a method's own flags replace the semi-supervised ones they name (no flag given twice)
+                semi_m = () if base == "supervised" or (semi and semi[0] in own) else semi
+                flags = (*flags, *common, *semi_m, *own)
                 out.append(Run(m, script, labelnum, flags, split))
     return tuple(out)
 
@@ -97,8 +100,10 @@ PRESETS = {p.name: p for p in [
                                "diffrect-cg_both": ["--cg", "both"], "diffrect-ts5": ["--ts", "5"],
                                "diffrect-ts20": ["--ts", "20"], "diffrect-ts_sample5": ["--ts_sample", "5"]})),
     Preset("cpu-acdc", "the CPU protocol: every method on ACDC 5 % at 128², batch 8 (4), 1200 iterations, "
-           "consistency ramp 8, DiffRect's rectification from iteration 400",
-           "data/ACDC", _runs(BASELINES + ["meanteacher", "diffrect"], (3,), _CPU, {"diffrect": ["--refine_start", "400"]},
+           "consistency ramp 8, DiffRect's rectification from iteration 400; DiffRect also at the authors' ramp 200",
+           "data/ACDC", _runs(BASELINES + ["meanteacher", "diffrect", "diffrect-ramp200"], (3,), _CPU,
+                              {"diffrect": ["--refine_start", "400"],
+                               "diffrect-ramp200": ["--refine_start", "400", "--consistency_rampup", "200"]},
                               semi=("--consistency_rampup", "8"))),
     Preset("smoke", "seconds: supervised, FixMatch and DiffRect on a tiny synthetic dataset (tests, a first look)",
            "data/synthetic_smoke", _runs(["supervised", "fixmatch", "diffrect"], (3,),
