@@ -189,7 +189,8 @@ def write_figures(folder, runs, groups):
                 continue
             its = sorted(set.intersection(*(set(c) for c in curves.values())))
             vals = np.array([[np.mean(c[i]) for i in its] for c in curves.values()])  # (seeds, iterations)
-            line, = ax.plot(its, vals.mean(0), "o-", ms=3, label=f"{method} ({len(vals)} seeds)")
+            seeds = f"{len(vals)} seed" + ("s" if len(vals) != 1 else "")
+            line, = ax.plot(its, vals.mean(0), "o-", ms=3, label=f"{method} ({seeds})")
             ax.fill_between(its, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
         ax.set(xlabel="iteration", ylabel="val mean Dice (%)", title=f"--labelnum {labelnum}")
         ax.grid(alpha=0.3)
