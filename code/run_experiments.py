@@ -10,17 +10,28 @@ skipped, an interrupted one resumes from its last.pth, so the same command can b
 is done (also across machines and days). After training, the best and the final checkpoints are evaluated
 on val and, where the dataset has a test.list, on test (per-case CSVs beside the checkpoints). Each run is
 one worker process; its console output goes to `worker.log` in its folder and its state to `run.json`.
+
+Every finished attempt is appended to `<out>/<preset>/ledger.jsonl` with its provenance (utils/ledger.py). A
+finished run is trained again only with `--rerun`: its files move to `<run>/attempts/<n>/` and the new attempt
+is another sample; both stay in the ledger and in the summary.
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-invocation lock
+    fcntl = None
+
 from utils.checkpoint import atomic_write_text
 from utils.config import PROJECT_ROOT, UsageError, run_main
 from utils.experiment_presets import PRESETS
+from utils.ledger import append_entry, attempts_of, entry_for, next_attempt, read_ledger
 
 CODE = os.path.dirname(os.path.abspath(__file__))
 
@@ -39,6 +50,9 @@ def parse_args(argv):
     p.add_argument("--max_run_iterations", type=int, default=None,
                    help="train each run at most N more iterations in this invocation (a job time limit); "
                    "interrupted runs resume on the next invocation")
+    p.add_argument("--rerun", action="store_true",
+                   help="train finished runs again as a new attempt (the old attempt's files move to "
+                   "<run>/attempts/<n>/; both stay in the ledger and the summary)")
     p.add_argument("--dry_run", action="store_true", help="print the runs and their commands, run nothing")
     p.add_argument("--list", action="store_true", help="list the presets and their runs")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the one run described in this run.json
@@ -52,9 +66,18 @@ def parse_args(argv):
     return args
 
 
+def _unique(values, flag):
+    """values without repeats (a repeated seed or method would plan one folder twice), saying what was dropped."""
+    kept = list(dict.fromkeys(values))
+    if len(kept) < len(values):
+        print(f"{flag}: {' '.join(map(str, values))} repeats values; running {' '.join(map(str, kept))}")
+    return kept
+
+
 def plan(preset, root, seeds, out, methods=None):
     """-> [job dict] in run order (seed-major, so a partial sweep already has every method at the first seed)."""
     jobs = []
+    seeds, methods = _unique(seeds, "--seeds"), methods and _unique(methods, "--methods")
     known = {r.method for r in preset.runs}
     for m in methods or []:
         if m not in known:
@@ -77,15 +100,83 @@ def state_of(job):
     path = os.path.join(job["folder"], "run.json")
     if not os.path.isfile(path):
         return "new", None
-    with open(path) as f:
-        saved = json.load(f)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: damaged ({getattr(e, 'msg', e)}); restore it from git (git checkout -- {path}) "
+                         f"or delete it to train the run again") from None
     return saved.get("state", "new"), saved
 
 
 def write_state(job, state, **extra):
     os.makedirs(job["folder"], exist_ok=True)
+    saved = state_of(job)[1] or {}
+    kept = {k: saved[k] for k in ("attempt", "wall_seconds") if k in saved}  # carried across states
     atomic_write_text(os.path.join(job["folder"], "run.json"), lambda f: json.dump(
-        {**job, "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}, f, indent=2))
+        {**job, **kept, "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}, f, indent=2))
+
+
+def preset_folder(job):
+    return os.path.dirname(job["folder"])
+
+
+def record_attempt(job, wall_seconds):
+    """Append the finished run's attempt to the ledger (once: an attempt already there is not added again)."""
+    run, saved = os.path.basename(job["folder"]), state_of(job)[1] or {}
+    entries = read_ledger(preset_folder(job))
+    attempt = saved.get("attempt") or next_attempt(entries, run)
+    if attempt not in attempts_of(entries, run):
+        append_entry(preset_folder(job), entry_for(job, attempt, wall_seconds))
+    return attempt
+
+
+def archive_attempt(job):
+    """--rerun of a finished run: move its files to <run>/attempts/<n>/ (n: its attempt), leaving the folder empty
+    for the next attempt. The attempt is in the ledger first (a run finished before the ledger existed is added)."""
+    folder = job["folder"]
+    attempt = record_attempt(job, (state_of(job)[1] or {}).get("wall_seconds", 0.0))
+    target = os.path.join(folder, "attempts", str(attempt))
+    if os.path.exists(target):
+        raise UsageError(f"{target} exists already; move it away before rerunning {os.path.basename(folder)}")
+    os.makedirs(target)
+    for name in os.listdir(folder):
+        if name not in ("attempts", ".lock"):
+            shutil.move(os.path.join(folder, name), os.path.join(target, name))
+    return attempt
+
+
+WORKER_LOCK = ".worker.lock"
+
+
+def worker_holding(folder):
+    """The PID of a live worker of this run folder (any invocation), or None."""
+    path = os.path.join(folder, WORKER_LOCK)
+    if fcntl is None or not os.path.isfile(path):
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+
+
+def _hold_worker_lock(folder):
+    """Hold <run>/.worker.lock for this worker's life (training and evaluation), or stop if another worker has it."""
+    if fcntl is None:
+        return None
+    fd = os.open(os.path.join(folder, WORKER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(f"{folder}: another worker trains this run; nothing to do here") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def worker(path, max_run_iterations=None):
@@ -94,17 +185,22 @@ def worker(path, max_run_iterations=None):
 
     import test_ACDC
 
+    lock = _hold_worker_lock(os.path.dirname(os.path.abspath(path)))  # noqa: F841 (held until the process ends)
+    t0 = time.time()
     with open(path) as f:
         job = json.load(f)
+    wall = job.pop("wall_seconds", 0.0)  # this run's worker time so far (training and evaluation, all invocations)
     train_argv = list(job["train_argv"]) + ([] if max_run_iterations is None else
                                              ["--max_run_iterations", str(max_run_iterations)])
-    write_state(job, "training")
+    if "attempt" not in job:  # a new attempt's number is fixed when it starts
+        job["attempt"] = next_attempt(read_ledger(preset_folder(job)), os.path.basename(job["folder"]))
+    write_state(job, "training", wall_seconds=wall)
     importlib.import_module(job["script"]).main(train_argv)
     final = os.path.join(job["folder"], f"{job['model']}_final_model.pth")
     if not os.path.isfile(final):  # stopped by --max_run_iterations
-        write_state(job, "interrupted")
+        write_state(job, "interrupted", wall_seconds=round(wall + time.time() - t0, 1))
         return "interrupted"
-    write_state(job, "evaluating")
+    write_state(job, "evaluating", wall_seconds=wall)
     gpus = [train_argv[i + 1] for i, a in enumerate(train_argv[:-1]) if a == "--gpu"]
     gpu = gpus[-1] if gpus else "0"  # the flag the training run used (the last one given)
     splits = ["val"] + (["test"] if os.path.isfile(os.path.join(job["root_path"], "test.list")) else [])
@@ -112,7 +208,9 @@ def worker(path, max_run_iterations=None):
         for split in splits:
             test_ACDC.main(["--checkpoint", os.path.join(job["folder"], f"{job['model']}_{kind}_model.pth"),
                             "--root_path", job["root_path"], "--split", split, "--gpu", gpu])
-    write_state(job, "done", splits=splits)
+    wall += time.time() - t0
+    write_state(job, "done", splits=splits, wall_seconds=round(wall, 1))
+    record_attempt(job, wall)
     return "done"
 
 
@@ -169,6 +267,13 @@ def main(argv=None):
 
         print(f"generating the synthetic dataset of preset {preset.name} in {root}")
         generate_dataset(root, seed=0, n_train=6, n_val=2, n_test=2, size=(48, 48), depth_range=(3, 4))
+    for job in jobs:
+        if state_of(job)[0] == "done":
+            if args.rerun:
+                print(f"{os.path.basename(job['folder'])}: attempt {archive_attempt(job)} moved to attempts/; "
+                      f"training it again (--rerun)")
+            else:
+                record_attempt(job, state_of(job)[1].get("wall_seconds", 0.0))  # (finished before the ledger)
     todo = [j for j in jobs if state_of(j)[0] != "done"]
     print(f"preset {preset.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to run "
           f"({'GPUs ' + ' '.join(map(str, args.gpus)) if args.gpus else 'one at a time'}); folders under "
@@ -179,6 +284,12 @@ def main(argv=None):
     while queue or running:
         while queue and slots:
             i, job = queue.pop(0)
+            holder = worker_holding(job["folder"])
+            if holder:  # another invocation of this sweep trains it: leave it to that one
+                print(f"[{i}/{n}] {os.path.basename(job['folder'])}: busy: PID {holder} (another invocation) "
+                      f"trains it; skipped", flush=True)
+                results[job["folder"]] = "busy"
+                continue
             gpu = slots.pop(0)
             state, _ = state_of(job)
             note = f"resuming from iteration {_iteration(job)}" if state in ("interrupted", "training", "failed") \
@@ -195,16 +306,19 @@ def main(argv=None):
             slots.append(gpu)
             del running[i]
             state = state_of(job)[0] if proc.returncode == 0 else "failed"
-            if proc.returncode:
+            if proc.returncode and worker_holding(job["folder"]):
+                state = "busy"  # another invocation's worker took it first: its state is that worker's to write
+            elif proc.returncode:
                 write_state(job, "failed", returncode=proc.returncode)
             results[job["folder"]] = state
             print(f"[{i}/{n}] {os.path.basename(job['folder'])}: {state} after {time.time() - t0:.0f} s"
                   + (f" (see {os.path.join(job['folder'], 'worker.log')})" if state == "failed" else "")
                   + f"; {len(queue) + len(running)} left", flush=True)
     failed = [f for f, s in results.items() if s == "failed"]
-    unfinished = [f for f, s in results.items() if s == "interrupted"]
+    unfinished = [f for f, s in results.items() if s in ("interrupted", "busy")]
     if unfinished:
-        print(f"{len(unfinished)} run(s) stopped by --max_run_iterations; run the same command again to continue")
+        print(f"{len(unfinished)} run(s) stopped by --max_run_iterations or trained by another invocation; run the "
+              f"same command again to continue")
     if failed:
         raise UsageError(f"{len(failed)} run(s) failed: {', '.join(os.path.basename(f) for f in failed)}; see "
                          f"their worker.log, fix, and run the same command again")

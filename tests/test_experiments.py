@@ -143,7 +143,8 @@ def test_presets_and_flags(capsys, tmp_path):
     for name in ("paper-acdc", "paper-mscmr", "paper-prostate", "paper-ablation", "cpu-acdc", "smoke"):
         assert name + ":" in out
     jobs = run_experiments.main(["--preset", "paper-acdc", "--dry_run", "--out", str(tmp_path)])
-    assert len(jobs) == 8 * 3 * 3 and {j["labelnum"] for j in jobs} == {1, 3, 7}
+    # 8 methods and supervised-lambda0 at 1 / 3 / 7 labeled patients, supervised-full once (all 140), 3 seeds
+    assert len(jobs) == (9 * 3 + 1) * 3 and {j["labelnum"] for j in jobs} == {1, 3, 7, 140}
     diffrect = next(j for j in jobs if j["method"] == "diffrect")
     assert "--batch_size 6 --labeled_bs 3" in " ".join(diffrect["train_argv"])
     assert diffrect["folder"].endswith(os.path.join("paper-acdc", "diffrect_1_seed1337"))
@@ -154,7 +155,68 @@ def test_presets_and_flags(capsys, tmp_path):
              for j in cpu if "--consistency_rampup" in j["train_argv"]}
     assert ramps["diffrect"] == ramps["fixmatch"] == "8" and ramps["diffrect-ramp200"] == "200"
     assert all(j["train_argv"].count("--consistency_rampup") <= 1 for j in cpu)
+    # the controls: supervised-lambda0 = FixMatch's run (same script, batches, flags) with --consistency 0 only;
+    # supervised-full = the supervised run at every label
+    by = {j["method"]: j for j in cpu}
+    lam0, fix = by["supervised-lambda0"], by["fixmatch"]
+    assert lam0["script"] == fix["script"] == "train_fixmatch_ACDC"
+    assert lam0["train_argv"] == ["--consistency", "0"] + [a.replace("/fixmatch_3_", "/supervised-lambda0_3_")
+                                                           for a in fix["train_argv"]]
+    full, sup = by["supervised-full"], by["supervised"]
+    assert full["script"] == sup["script"] == "train_fully_supervised_ACDC" and full["labelnum"] == 140
+    assert full["train_argv"][full["train_argv"].index("--labelnum") + 1] == "140"
+    long = run_experiments.main(["--preset", "cpu-acdc-long", "--dry_run", "--root_path", "/d"])
+    argv = {j["method"]: " ".join(j["train_argv"]) for j in long}
+    assert set(argv) == {"fixmatch", "diffrect"} and {j["seed"] for j in long} == {1337}
+    assert all("--max_iterations 3600" in a and "--consistency_rampup 24" in a for a in argv.values())
+    assert "--refine_start 1200" in argv["diffrect"]
     with pytest.raises(run_experiments.UsageError, match="--preset 'nope' is unknown"):
         run_experiments.main(["--preset", "nope"])
     with pytest.raises(run_experiments.UsageError, match="no prepared dataset"):
         run_experiments.main(["--preset", "cpu-acdc", "--root_path", str(tmp_path / "none")])
+
+
+def test_ledger_keeps_every_attempt_with_its_provenance(sweep, tmp_path, capsys):
+    """Each finished run is one ledger line with its provenance; a run is trained again only with --rerun, which
+    moves the old attempt to <run>/attempts/1/ and appends attempt 2: both stay."""
+    import json
+
+    from utils.ledger import read_ledger
+
+    base, _, _ = sweep
+    argv = ["--preset", "smoke", "--methods", "supervised", "--seeds", "1337", "--root_path", str(base / "data"),
+            "--out", str(tmp_path)]
+    run_experiments.main(argv)
+    preset, folder = tmp_path / "smoke", tmp_path / "smoke" / "supervised_3_seed1337"
+    [first] = read_ledger(str(preset))
+    assert (first["run"], first["attempt"], first["summary_only"]) == ("supervised_3_seed1337", 1, False)
+    assert len(first["code_hash"]) == 16 and first["machine"]["threads"] == torch.get_num_threads()
+    assert len(first["data_fingerprint"]) == 16 and first["wall_seconds"] > 0
+    assert [r["iteration"] for r in first["curve"]] == [3, 6] and first["final"]["iteration"] == 6
+    with open(folder / "val_summary.json") as f:
+        assert first["best"]["dice"] == json.load(f)["mean"]["dice"]["mean"]
+    ckpt = torch.load(folder / "unet_final_model.pth", map_location="cpu", weights_only=False)
+    assert ckpt["provenance"][0]["code_hash"] == first["code_hash"] and ckpt["provenance"][0]["end_iteration"] == 6
+    with open(folder / "run.json") as f:
+        assert json.load(f)["attempt"] == 1
+    run_experiments.main(argv)  # finished: nothing trains, nothing is appended
+    assert len(read_ledger(str(preset))) == 1
+    old_scores = (folder / "val_per_case.csv").read_text()
+    run_experiments.main(argv + ["--rerun"])
+    entries = read_ledger(str(preset))
+    assert [(e["run"], e["attempt"]) for e in entries] == [("supervised_3_seed1337", 1), ("supervised_3_seed1337", 2)]
+    assert entries[0] == first  # never rewritten
+    assert (folder / "attempts" / "1" / "val_per_case.csv").read_text() == old_scores
+    assert (folder / "val_per_case.csv").is_file() and "--rerun" in capsys.readouterr().out
+    with open(folder / "run.json") as f:
+        assert json.load(f)["attempt"] == 2
+    with open(folder / "attempts" / "1" / "run.json") as f:
+        assert json.load(f)["attempt"] == 1
+
+
+def test_repeated_seeds_and_methods_plan_each_run_once(capsys):
+    jobs = run_experiments.main(["--preset", "smoke", "--dry_run", "--root_path", "/d", "--seeds", "1337", "1337",
+                                 "--methods", "fixmatch", "fixmatch"])
+    assert [os.path.basename(j["folder"]) for j in jobs] == ["fixmatch_3_seed1337"]
+    out = capsys.readouterr().out
+    assert "--seeds: 1337 1337 repeats values; running 1337" in out and "--methods: fixmatch fixmatch" in out

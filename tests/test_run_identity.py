@@ -281,3 +281,32 @@ def test_images_outside_0_1_are_refused(tiny_root, tmp_path):
 
 def test_log_records_the_thread_count(finished):
     assert f"{torch.get_num_threads()} CPU threads" in open(os.path.join(finished, "log.txt")).read()
+
+
+def test_resume_on_changed_data_is_refused_and_moved_data_resumes(tiny_root, tmp_path):
+    """The data fingerprint is part of the run's identity: a copy of the same data elsewhere resumes, data whose
+    files changed (a slice rewritten) is refused before anything is written."""
+    import shutil
+
+    data, moved, snap = str(tmp_path / "data"), str(tmp_path / "moved"), str(tmp_path / "run")
+    shutil.copytree(tiny_root, data)
+    train_fully_supervised_ACDC.main(_sup(data, snap, "--max_run_iterations", "3"))
+    shutil.move(data, moved)
+    train_fully_supervised_ACDC.main(_sup(moved, snap, "--max_run_iterations", "1"))  # same data, new place
+    assert _load(os.path.join(snap, "last.pth"))["iteration"] == 4
+    with open(os.path.join(moved, "train_slices.list")) as f:
+        first = f.readline().strip()
+    with h5py.File(os.path.join(moved, "data", "slices", f"{first}.h5"), "r+") as f:
+        f.create_dataset("extra", data=np.zeros(1000))  # the file grows: other data
+    before = open(os.path.join(snap, "last.pth"), "rb").read()
+    with pytest.raises(UsageError, match="was trained on other data: the dataset at --root_path"):
+        train_fully_supervised_ACDC.main(_sup(moved, snap))
+    assert open(os.path.join(snap, "last.pth"), "rb").read() == before
+
+
+def test_a_command_that_trains_nothing_leaves_config_json(finished, tiny_root):
+    with open(os.path.join(finished, "config.json")) as f:
+        config = f.read()
+    train_fully_supervised_ACDC.main(_sup(tiny_root, finished, iters=3))  # "nothing to do"
+    with open(os.path.join(finished, "config.json")) as f:
+        assert f.read() == config and json.loads(config)["max_iterations"] == 6

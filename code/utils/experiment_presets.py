@@ -18,8 +18,14 @@ METHODS = {
     "mcnetv2": ("train_mcnetv2_ACDC", ["--model", "mcnet"]),
     "incl": ("train_incl_ACDC", []),
     "diffrect": ("train_diffrect_ACDC", []),
+    # controls: FixMatch's batches (unlabeled slices pass through BatchNorm) without its unlabeled loss, and the
+    # supervised script with every training label (the upper bound under the same budget)
+    "supervised-lambda0": ("train_fixmatch_ACDC", ["--consistency", "0"]),
+    "supervised-full": ("train_fully_supervised_ACDC", []),
 }
 BASELINES = ["supervised", "fixmatch", "uamt", "cps", "ict", "mcnetv2", "incl"]
+CONTROLS = ["supervised-lambda0", "supervised-full"]
+FULL_LABELS = {"ACDC": 140}  # --labelnum of supervised-full: every training slice (ACDC's table: 140 -> 1312)
 
 
 @dataclass(frozen=True)
@@ -53,21 +59,28 @@ class Preset:
     extra: dict = field(default_factory=dict)
 
 
-def _runs(methods, labelnums, common=(), per_method=None, splits=("",), semi=()):
-    """Every method at every label budget and split; `semi`: flags of the semi-supervised methods only."""
+def _runs(methods, labelnums, common=(), per_method=None, splits=("",), semi=(), dataset="ACDC"):
+    """Every method at every label budget and split; `semi`: flags of the semi-supervised methods only. A variant
+    "<method>-<name>" runs <method>'s script with its own flags; supervised-full runs once, at every label."""
     per_method = per_method or {}
     out = []
     for split in splits:
-        for labelnum in labelnums:
-            for m in methods:
-                base = m.split("-", 1)[0]
-                script, flags = METHODS[base]
-                own = tuple(per_method.get(m, ()))
-                # a method's own flags replace the semi-supervised ones they name (no flag given twice)
-                semi_m = () if base == "supervised" or (semi and semi[0] in own) else semi
-                flags = (*flags, *common, *semi_m, *own)
+        for m in methods:
+            base = m if m in METHODS else m.split("-", 1)[0]
+            script, flags = METHODS[base]
+            own = tuple(per_method.get(m, ()))
+            # a method's own flags replace the semi-supervised ones they name (no flag given twice)
+            semi_m = () if script == METHODS["supervised"][0] or (semi and semi[0] in own) else semi
+            flags = (*flags, *common, *semi_m, *own)
+            for labelnum in ((FULL_LABELS[dataset],) if m == "supervised-full" else labelnums):
                 out.append(Run(m, script, labelnum, flags, split))
     return tuple(out)
+
+
+def _replace(flags, name, value):
+    """flags with the value of a one-value flag replaced."""
+    i = flags.index(name)
+    return (*flags[:i + 1], value, *flags[i + 2:])
 
 
 # the paper's training setting: 256², 30 000 iterations; DiffRect's own batch of 6 (3 labeled), the SSL4MIS
@@ -79,14 +92,18 @@ _CPU = ("--patch_size", "128", "128", "--batch_size", "8", "--labeled_bs", "4", 
         "--val_interval", "200", "--gpu", "-1")
 
 PRESETS = {p.name: p for p in [
-    Preset("paper-acdc", "the paper's ACDC table: every method at 1 / 3 / 7 labeled patients (1 / 5 / 10 %)",
-           "data/ACDC", _runs(BASELINES + ["diffrect"], (1, 3, 7), _PAPER, {"diffrect": _DIFFRECT_BATCH})),
-    Preset("paper-mscmr", "MS-CMRSEG19 LGE, 7 labeled patients (20 %), both splits averaged",
-           "data/MSCMR", _runs(BASELINES + ["diffrect"], (7,), _PAPER, {"diffrect": _DIFFRECT_BATCH},
-                               ("split1", "split2"))),
-    Preset("paper-prostate", "MSD Task05 Prostate (T2), 2 labeled patients (10 %), both splits averaged",
-           "data/Prostate", _runs(BASELINES + ["diffrect"], (2,), _PAPER, {"diffrect": _DIFFRECT_BATCH},
-                                  ("split1", "split2"))),
+    Preset("paper-acdc", "the paper's ACDC table: every method at 1 / 3 / 7 labeled patients (1 / 5 / 10 %), "
+           "the controls supervised-lambda0 (at each budget) and supervised-full (all 70 patients)",
+           "data/ACDC", _runs(BASELINES + CONTROLS + ["diffrect"], (1, 3, 7), _PAPER, {"diffrect": _DIFFRECT_BATCH})),
+    # (MS-CMRSEG19 and Prostate have no all-labels entry in their tables, so no supervised-full there)
+    Preset("paper-mscmr", "MS-CMRSEG19 LGE, 7 labeled patients (20 %), both splits averaged; control "
+           "supervised-lambda0",
+           "data/MSCMR", _runs(BASELINES + ["supervised-lambda0", "diffrect"], (7,), _PAPER,
+                               {"diffrect": _DIFFRECT_BATCH}, ("split1", "split2"))),
+    Preset("paper-prostate", "MSD Task05 Prostate (T2), 2 labeled patients (10 %), both splits averaged; control "
+           "supervised-lambda0",
+           "data/Prostate", _runs(BASELINES + ["supervised-lambda0", "diffrect"], (2,), _PAPER,
+                                  {"diffrect": _DIFFRECT_BATCH}, ("split1", "split2"))),
     Preset("paper-ablation", "the ablation tables on ACDC 5 %: components (SCS, CG, S2W, W2G, LFR), guidance "
            "variants, diffusion steps; the FixMatch row at DiffRect's batch 6 (3)",
            "data/ACDC", _runs(["fixmatch", "diffrect-no_scs", "diffrect-no_cg", "diffrect-lcc_only",
@@ -100,11 +117,17 @@ PRESETS = {p.name: p for p in [
                                "diffrect-cg_both": ["--cg", "both"], "diffrect-ts5": ["--ts", "5"],
                                "diffrect-ts20": ["--ts", "20"], "diffrect-ts_sample5": ["--ts_sample", "5"]})),
     Preset("cpu-acdc", "the CPU protocol: every method on ACDC 5 % at 128², batch 8 (4), 1200 iterations, "
-           "consistency ramp 8, DiffRect's rectification from iteration 400; DiffRect also at the authors' ramp 200",
-           "data/ACDC", _runs(BASELINES + ["meanteacher", "diffrect", "diffrect-ramp200"], (3,), _CPU,
+           "consistency ramp 8, DiffRect's rectification from iteration 400; DiffRect also at the authors' ramp 200; "
+           "controls supervised-lambda0 (FixMatch's batches, no unlabeled loss) and supervised-full (all labels)",
+           "data/ACDC", _runs(BASELINES + CONTROLS + ["meanteacher", "diffrect", "diffrect-ramp200"], (3,), _CPU,
                               {"diffrect": ["--refine_start", "400"],
                                "diffrect-ramp200": ["--refine_start", "400", "--consistency_rampup", "200"]},
                               semi=("--consistency_rampup", "8"))),
+    Preset("cpu-acdc-long", "does the CPU protocol's ranking survive a longer budget: FixMatch and DiffRect at "
+           "3600 iterations (3x), the ramp (24) and DiffRect's rectification start (1200) scaled with it",
+           "data/ACDC", _runs(["fixmatch", "diffrect"], (3,), _replace(_CPU, "--max_iterations", "3600"),
+                              {"diffrect": ["--refine_start", "1200"]}, semi=("--consistency_rampup", "24")),
+           seeds=(1337,)),
     Preset("smoke", "seconds: supervised, FixMatch and DiffRect on a tiny synthetic dataset (tests, a first look)",
            "data/synthetic_smoke", _runs(["supervised", "fixmatch", "diffrect"], (3,),
                                          ("--patch_size", "32", "32", "--batch_size", "4", "--labeled_bs", "2",

@@ -1,8 +1,9 @@
 """A run's snapshot folder is its identity: one writer at a time, and a resume only of the same run.
 
 - `RESUMABLE_FLAGS` may differ between the run saved in last.pth and the command that resumes it (how long,
-  how often, where, on what device); any other flag, or another training script, defines another run and
-  the resume is refused before anything is written.
+  how often, where, on what device); any other flag, another training script, or other data (the config's
+  `data_fingerprint`, utils/provenance.py) defines another run and the resume is refused before anything is
+  written.
 - `FolderLock`: an exclusive OS lock (flock) on `<folder>/.lock`, released when the process ends however it
   ends; a second process on the same folder stops with the holder's PID. Under it, the half-written files a
   killed run left (`.tmp-*`, `*.tmp`) are removed.
@@ -39,6 +40,11 @@ def check_same_run(saved, current, path):
     diff = differing_flags(saved, current)
     if not diff:
         return
+    if any(k == "data_fingerprint" for k, _, _ in diff):  # the data changed under the run (or another dataset)
+        raise UsageError(f"{path} was trained on other data: the dataset at --root_path {current.get('root_path')} "
+                         f"is not the one the run started on (lists, file sizes or sampled contents differ); point "
+                         f"--root_path at the run's data, or start a new run in another folder (--exp or "
+                         f"--snapshot_dir)")
     shown = ", ".join(f"the training script {a} (now {b})" if k == "script" else f"--{k} {_show(a)} (now {_show(b)})"
                       for k, a, b in diff)
     raise UsageError(f"{path} is another run: it has {shown}. Resume it with its own flags, or start this one in "

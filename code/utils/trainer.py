@@ -47,13 +47,14 @@ from dataloaders.dataset import DataError, SliceDataset, VolumeDataset
 from dataloaders.datasets import labeled_slice_count, load_dataset_info
 from dataloaders.random_streams import stream_seed
 from dataloaders.sampler import TwoStreamBatchSampler
-from utils.checkpoint import FORMAT, atomic_save, load_checkpoint, load_state, rng_state, set_rng_state
+from utils.checkpoint import FORMAT, atomic_save, atomic_write_text, load_checkpoint, load_state, rng_state, set_rng_state
 from utils.config import PROJECT_ROOT, check_args, loader_workers, select_device
 from utils.distributed import DistributedNet, all_ranks_true, distributed_env, init_process_group, local_world_size, \
     replicas_differ
 from utils.errors import CheckpointError, NonFiniteLoss, RunInterrupted, TooManyNonFinite, UsageError
 from utils.evaluation import evaluate
 from utils.progress import TermsLog, plot_progress, write_csv
+from utils.provenance import code_provenance, data_fingerprint, machine_info
 from utils.ramps import poly_lr
 from utils.run_folder import FolderLock, check_same_run
 
@@ -127,6 +128,8 @@ class TrainingRun:
         self.last_path = os.path.join(self.snapshot, "last.pth")
         self.best_path = os.path.join(self.snapshot, f"{args.model}_best_model.pth")
         self.final_path = os.path.join(self.snapshot, f"{args.model}_final_model.pth")
+        # the data is part of the run's identity (not its path: a moved copy resumes, edited data does not)
+        args.data_fingerprint = data_fingerprint(args.root_path)
         self.resume_from = self._resume_source()
         self._resume_ckpt = None
         if self.resume_from:  # the same run, or nothing is touched
@@ -180,9 +183,6 @@ class TrainingRun:
         self.writer = None
         self.wrapped = []  # every network passed to wrap (check_method: each must be in the Method's models)
         if self.is_main:
-            with open(os.path.join(self.snapshot, "config.json"), "w") as f:
-                json.dump(vars(args), f, indent=2, sort_keys=True)
-            self.logger.info("config: " + json.dumps(vars(args), sort_keys=True))
             self.logger.info(f"{len(self.labeled_idx)} labeled / {len(self.unlabeled_idx)} unlabeled slices, "
                              f"{len(self.val_set)} val volumes, device {self.device}, {torch.get_num_threads()} CPU "
                              f"threads (a CPU run repeats bit for bit only at the same count), {self.workers} loader "
@@ -322,10 +322,20 @@ class TrainingRun:
                                                                   method.eval_model, method.generators)
         poly = [n for n, schedule in method.lr_schedules.items() if schedule == "poly"]
         st = self._restore(models, optimizers, generators)
-        if st["iteration"] >= a.max_iterations:
+        if st["iteration"] >= a.max_iterations:  # (config.json stays that of the run that trained)
             log.info(f"nothing to do: already at iteration {st['iteration']} of {a.max_iterations}")
             return st["best"]
         start = st["iteration"]
+        if self.is_main:
+            atomic_write_text(os.path.join(self.snapshot, "config.json"),
+                              lambda f: json.dump(vars(a), f, indent=2, sort_keys=True))
+            log.info("config: " + json.dumps(vars(a), sort_keys=True))
+        # this invocation's provenance: one segment per invocation, so a run resumed elsewhere shows both
+        segment = {**code_provenance(a.script), "machine": machine_info(), "data_fingerprint": a.data_fingerprint,
+                   "start_iteration": start, "end_iteration": start, "seconds": 0.0,
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        st["provenance"].append(segment)
+        self._provenance, self._segment, self._t_start = st["provenance"], segment, time.time()
         if self.distributed:  # own dropout/noise draws per rank (models start equal: they were built before this)
             torch.manual_seed(stream_seed(a.seed, "torch_rank", self.rank, start))
             log.info(f"distributed: {self.world_size} processes, rank {self.rank}, device {self.device}; global batch "
@@ -336,12 +346,16 @@ class TrainingRun:
         def save_last(iteration):
             self._check_finite_state(models, iteration, st["iteration"])  # nothing poisoned reaches the disk
             st["iteration"] = iteration
+            self._provenance_at(iteration)
             if self.is_main:
+                atomic_write_text(os.path.join(self.snapshot, "provenance.json"),
+                                  lambda f: json.dump(st["provenance"], f, indent=2))
                 atomic_save({"format": FORMAT, "kind": "last", "iteration": iteration, "best": st["best"],
                              "curve": st["curve"], "models": {n: m.state_dict() for n, m in models.items()},
                              "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                              "generators": {n: g.get_state() for n, g in generators.items()},
                              "rng": rng_state(), "nonfinite_total": st["nonfinite_total"], "config": vars(a),
+                             "provenance": st["provenance"],
                              "scaler": self.scaler.state_dict() if self.scaler else None}, self.last_path)
 
         for m in models.values():
@@ -399,7 +413,8 @@ class TrainingRun:
 
     def _restore(self, models, optimizers, generators):
         """-> the loop state {iteration, best, curve, nonfinite_total}: fresh, or from the resumed last.pth."""
-        st = {"iteration": 0, "best": {"dice": -1.0, "iteration": 0}, "curve": [], "nonfinite_total": 0}
+        st = {"iteration": 0, "best": {"dice": -1.0, "iteration": 0}, "curve": [], "nonfinite_total": 0,
+              "provenance": []}
         ckpt = self._resume_ckpt
         if ckpt is None:
             return st
@@ -416,7 +431,7 @@ class TrainingRun:
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         st.update(iteration=ckpt["iteration"], best=ckpt["best"], curve=ckpt["curve"],
-                  nonfinite_total=ckpt.get("nonfinite_total", 0))
+                  nonfinite_total=ckpt.get("nonfinite_total", 0), provenance=list(ckpt.get("provenance", [])))
         self._resume_ckpt = None  # free the memory
         self.logger.info(f"resumed from {path} at iteration {st['iteration']} (best val Dice "
                          f"{100 * st['best']['dice']:.2f} %)")
@@ -491,9 +506,15 @@ class TrainingRun:
         self._write_curve(curve)
         return best, summary
 
+    def _provenance_at(self, iteration):
+        """-> the run's provenance segments, this invocation's brought up to `iteration` (utils/provenance.py)."""
+        self._segment.update(end_iteration=iteration, seconds=round(time.time() - self._t_start, 1))
+        return self._provenance
+
     def _best_state(self, eval_model, models, iteration, summary, kind="best"):
         a = self.args
         return {"format": FORMAT, "kind": kind, "iteration": iteration, "metrics": summary,
+                "provenance": self._provenance_at(iteration),
                 "arch": {"net": a.model, "in_chns": 1, "num_classes": self.num_classes},
                 "patch_size": list(a.patch_size), "class_names": self.info.class_names,
                 "normalization": self.info.normalization,  # what predict.py applies to a new scan
