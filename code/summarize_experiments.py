@@ -1,19 +1,28 @@
-"""Tables, significance tests and figures of a preset's runs (run_experiments.py writes them).
+"""Tables, statistics and figures of a preset's runs (run_experiments.py writes them).
 
     python code/summarize_experiments.py model/experiments/cpu-acdc [--against diffrect]
+    python code/summarize_experiments.py model/experiments/cpu-acdc --exclude diffrect_3_seed1337:1 --why "..."
 
-Writes into that folder:
-- `results.csv`: one row per method x label budget x evaluated split x checkpoint (best on val, final) x
-  metric x class ("mean" = over the foreground classes): mean and std over seeds, the number of seeds;
-- `results.md`: the same as tables (Dice and Jaccard in %, HD95 and ASD in voxels or mm as evaluated), with the
-  p-value of a paired Wilcoxon signed-rank test of each method against `--against` on the per-case mean Dice
-  of matching seeds and cases (scipy.stats.wilcoxon, two-sided);
-- `figures/val_dice.png` (val mean Dice against iteration: mean over seeds, band from min to max) and
-  `figures/dice_bars.png` (best-checkpoint Dice per method, error bars one std over seeds).
+Every finished attempt of every run is a sample: the attempts in the preset's `ledger.jsonl` (run_experiments.py
+appends each one) and any finished run folder not yet in it. The unit of every statistic is the patient: a
+run's per-case scores are averaged over each patient's frames (ACDC: ED and ES) and classes first
+(utils/statistics.py). Per method: the mean and a 95 % CI from a hierarchical bootstrap (runs, then patients);
+against `--against`: the mean difference with its 95 % CI, the probability of improvement, and a paired
+Wilcoxon test over patients of run-averaged scores, Holm-corrected over the table's comparisons; over the
+bootstrap samples, how often each method ranks 1st, 2nd, ...
 
-A seed's value is the mean over cases of the per-case mean over classes; for datasets with two splits
-(MS-CMRSEG19, Prostate) each seed's value is first averaged over the splits, as the paper does. The std is
-the sample std over seeds (ddof=1); with one seed it is left empty.
+Checkpoints: on a dataset without a test split the final checkpoint is the primary table (nothing was selected
+on the cases it is scored on); best-on-val follows, labelled as selected on those same cases. With a test split,
+best-on-val scored on test is primary.
+
+An attempt known only from its recorded curve (`summary_only` in the ledger) counts in its method's spread of run
+means and is listed under the table; without per-case scores it cannot join the patient-level statistics.
+Excluding an attempt needs `--exclude RUN:ATTEMPT --why "..."`; exclusions are printed under the table. Runs of
+one method with different run-defining flags are refused; runs of one method from several code versions or
+machines are marked.
+
+Writes into the folder: `results.csv` (every method x label budget x split x checkpoint x metric x class),
+`results.md`, `ranks.csv`, and `figures/` (val_dice.png, dice_bars.png, forest.png, ranks.png).
 """
 import argparse
 import csv
@@ -24,217 +33,409 @@ from collections import defaultdict
 
 import numpy as np
 
+from utils.checkpoint import atomic_write_text
 from utils.config import UsageError, run_main
+from utils.ledger import attempt_folder, read_ledger
+from utils.provenance import machine_label
+from utils.statistics import (hierarchical_bootstrap, holm, patient_scores, percentile_ci, probability_of_improvement,
+                              rank_distribution, score_matrix, wilcoxon_patients)
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 PERCENT = ("dice", "jaccard")
+LOWER_IS_BETTER = ("hd95", "asd")
 CHECKPOINTS = (("best", ""), ("final", "final_"))
+NOT_RUN_DEFINING = ("--seed", "--snapshot_dir", "--root_path", "--gpu", "--max_run_iterations")
+CONTROLS = ("supervised", "supervised-lambda0", "supervised-full")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="a preset's folder, e.g. model/experiments/cpu-acdc")
-    p.add_argument("--against", default=None, help="the method the others are tested against (default: the "
-                   "preset's, diffrect)")
-    return p.parse_args(argv)
+    p.add_argument("--against", default="diffrect", help="the method the others are compared with")
+    p.add_argument("--exclude", action="append", default=[], metavar="RUN:ATTEMPT",
+                   help="leave one attempt out, e.g. diffrect_3_seed1337:1 (repeatable; needs --why)")
+    p.add_argument("--why", action="append", default=[], help="the reason for each --exclude (one for all, or one "
+                   "per --exclude, in order); printed under the table")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap samples")
+    p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap (tables repeat exactly)")
+    args = p.parse_args(argv)
+    if args.exclude and len(args.why) not in (1, len(args.exclude)):
+        raise UsageError(f"--exclude given {len(args.exclude)} times: give one --why for all, or one per --exclude")
+    if args.why and not args.exclude:
+        raise UsageError("--why without --exclude: name the attempt to leave out (--exclude RUN:ATTEMPT)")
+    if args.bootstrap < 100:
+        raise UsageError(f"--bootstrap {args.bootstrap}: use at least 100 samples (default 10000)")
+    return args
 
 
+# ---------------------------------------------------------------------------------------------------- loading
 def read_per_case(path):
-    """-> {case: {class: {metric: value}}} from a test_ACDC.py per-case CSV."""
+    """-> {case: {class: {metric: value}}} from a test_ACDC.py per-case CSV; a damaged file stops with one line."""
     out = defaultdict(dict)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            out[row["case"]][row["class"]] = {m: float(row[m]) for m in METRICS}
+    try:
+        with open(path, newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), 2):
+                out[row["case"]][row["class"]] = {m: float(row[m]) for m in METRICS}
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: damaged per-case table (line {n}: {type(e).__name__} {e}); evaluate the "
+                         f"checkpoint again: python code/test_ACDC.py --checkpoint <its .pth> --root_path <data>") \
+            from None
     return dict(out)
 
 
-def case_means(per_case, metric):
-    """-> {case: mean over classes of metric}."""
-    return {c: float(np.mean([v[metric] for v in classes.values()])) for c, classes in per_case.items()}
+def read_curve(path):
+    try:
+        with open(path, newline="") as f:
+            return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    except FileNotFoundError:
+        raise UsageError(f"{path}: missing; the run's validation curve is lost: restore it from git, or rerun the "
+                         f"run (run_experiments.py --rerun)") from None
+    except ValueError as e:
+        raise UsageError(f"{path}: damaged ({e}); restore it from git, or rerun the run (run_experiments.py "
+                         f"--rerun)") from None
 
 
-def load_runs(folder):
-    runs = []
-    for path in sorted(glob.glob(os.path.join(folder, "*", "run.json"))):
+def _read_run_json(path):
+    try:
         with open(path) as f:
-            job = json.load(f)
-        if job.get("state") != "done":
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: damaged ({getattr(e, 'msg', e)}); restore it from git (git checkout -- {path}) "
+                         f"or delete the run folder to train it again") from None
+
+
+def _evals(folder):
+    """{(checkpoint, split): per-case scores} of the per-case CSVs in an attempt's folder."""
+    out = {}
+    for kind, prefix in CHECKPOINTS:
+        for split in ("val", "test"):
+            path = os.path.join(folder, f"{prefix}{split}_per_case.csv")
+            if os.path.isfile(path):
+                out[(kind, split)] = read_per_case(path)
+    return out
+
+
+def load_attempts(folder):
+    """-> [attempt dict]: every ledger entry (its files from its folder), and every finished run folder the ledger
+    lacks (a sweep from before the ledger, or a copied folder)."""
+    entries = read_ledger(folder)
+    current = {}  # run -> (its run.json, its current attempt)
+    for path in sorted(glob.glob(os.path.join(folder, "*", "run.json"))):
+        job = _read_run_json(path)
+        if job.get("state") == "done":
+            run = os.path.basename(os.path.dirname(path))
+            known = [e["attempt"] for e in entries if e["run"] == run]
+            current[run] = (job, job.get("attempt") or max(known, default=1))
+    attempts = []
+    for e in entries:
+        a = {**e, "evals": {}, "in_ledger": True}
+        if not e.get("summary_only"):
+            run_json, now = current.get(e["run"], (None, None))
+            where = attempt_folder(os.path.join(folder, e["run"]), e["attempt"], now)
+            if not os.path.isdir(where):
+                raise UsageError(f"{os.path.join(folder, 'ledger.jsonl')}: attempt {e['attempt']} of {e['run']} has "
+                                 f"no folder ({where}); restore it from git, or leave it out with --exclude "
+                                 f"{e['run']}:{e['attempt']} --why \"...\"")
+            a["evals"] = _evals(where)
+            a["curve"] = read_curve(os.path.join(where, "val_curve.csv"))
+        attempts.append(a)
+    in_ledger = {(e["run"], e["attempt"]) for e in entries}
+    for run, (job, attempt) in current.items():
+        if (run, attempt) not in in_ledger:
+            where = os.path.join(folder, run)
+            prov = []
+            if os.path.isfile(os.path.join(where, "provenance.json")):
+                with open(os.path.join(where, "provenance.json")) as f:
+                    prov = json.load(f)
+            attempts.append({"run": run, "attempt": attempt, "method": job["method"], "labelnum": job["labelnum"],
+                             "seed": job["seed"], "split": job.get("split", ""), "train_argv": job["train_argv"],
+                             "root_path": job.get("root_path"), "summary_only": False, "in_ledger": False,
+                             "code_hash": prov[-1]["code_hash"] if prov else None,
+                             "machine": prov[-1]["machine"] if prov else None,
+                             "evals": _evals(where), "curve": read_curve(os.path.join(where, "val_curve.csv"))})
+    return attempts
+
+
+def apply_exclusions(attempts, exclude, why):
+    """-> (kept attempts, [(run, attempt, reason)])."""
+    reasons = why * len(exclude) if len(why) == 1 else why
+    out, dropped = list(attempts), []
+    for spec, reason in zip(exclude, reasons):
+        run, _, n = spec.rpartition(":")
+        if not run or not n.isdigit():
+            raise UsageError(f"--exclude {spec}: write RUN:ATTEMPT, e.g. diffrect_3_seed1337:1")
+        match = [a for a in out if a["run"] == run and a["attempt"] == int(n)]
+        if not match:
+            raise UsageError(f"--exclude {spec}: no attempt {n} of run {run} (see the ledger or results.md)")
+        out = [a for a in out if a not in match]
+        dropped.append((run, int(n), reason))
+    return out, dropped
+
+
+def check_same_flags(attempts):
+    """Runs of one method must share every run-defining flag (all but seed, folder, data path, device)."""
+    by_method = defaultdict(dict)
+    for a in attempts:
+        if a.get("train_argv"):
+            flags, argv, i = [], a["train_argv"], 0
+            while i < len(argv):
+                j = i + 1
+                while j < len(argv) and not argv[j].startswith("--"):
+                    j += 1
+                if argv[i] not in NOT_RUN_DEFINING:
+                    flags.append(" ".join(argv[i:j]))
+                i = j
+            by_method[(a["method"], a["labelnum"])].setdefault(tuple(sorted(flags)), []).append(
+                f"{a['run']}:{a['attempt']}")
+    for (method, labelnum), variants in by_method.items():
+        if len(variants) > 1:
+            (f0, r0), (f1, r1) = list(variants.items())[:2]
+            diff = sorted(set(f0) ^ set(f1))
+            raise UsageError(f"{method} (--labelnum {labelnum}): its runs differ in run-defining flags ({'; '.join(diff)}:"
+                             f" {r0[0]} vs {r1[0]}); averaging them would mix two protocols. Give one of them another "
+                             f"method name, or leave the odd runs out with --exclude RUN:ATTEMPT --why \"...\"")
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def run_units(attempts):
+    """Attempts of the dataset splits of one run (MS-CMRSEG19/Prostate: split1 + split2) joined into one unit:
+    -> {(method, labelnum, seed, attempt): {"evals": {(kind, split): {case: ...}}, "attempts": [...]}}; case names
+    of a split run get the split as prefix, so the two splits' patients stay apart."""
+    units = {}
+    for a in attempts:
+        u = units.setdefault((a["method"], a["labelnum"], a["seed"], a["attempt"]), {"evals": {}, "attempts": []})
+        u["attempts"].append(a)
+        for key, per_case in a["evals"].items():
+            prefix = f"{a['split']}/" if a.get("split") else ""
+            u["evals"].setdefault(key, {}).update({prefix + c: v for c, v in per_case.items()})
+    return units
+
+
+def case_values(per_case, metric, cls):
+    """{case: value}: the class mean (cls "mean", over the foreground classes) or one class."""
+    if cls == "mean":
+        return {c: float(np.mean([v[metric] for v in classes.values()])) for c, classes in per_case.items()}
+    return {c: classes[cls][metric] for c, classes in per_case.items() if cls in classes}
+
+
+def table_keys(units):
+    """-> [(labelnum, checkpoint, split)] primary first: best-on-test where there is a test split, else final-on-val."""
+    keys = {(lab, kind, split) for (m, lab, s, a), u in units.items() for kind, split in u["evals"]}
+    has_test = any(k[2] == "test" for k in keys)
+    order = [("best", "test"), ("final", "test"), ("final", "val"), ("best", "val")] if has_test else \
+        [("final", "val"), ("best", "val")]
+    return sorted(keys, key=lambda k: (order.index(k[1:]), k[0]))
+
+
+def primary(key, keys):
+    return key[1:] == keys[0][1:]
+
+
+def summarize(attempts, against, n_boot, seed):
+    """-> (rows for results.csv, groups {key: {method: entry}}, ranks {key: {method: shares}}, boot {key: samples})."""
+    units = run_units(attempts)
+    keys = table_keys(units)
+    methods = list(dict.fromkeys(a["method"] for a in attempts))
+    rows, groups, ranks, boot = [], {}, {}, {}
+    for key in keys:
+        labelnum, kind, split = key
+        members = {m: [(k, u) for k, u in units.items() if k[0] == m and k[1] == labelnum and (kind, split) in u["evals"]]
+                   for m in methods}
+        members = {m: v for m, v in members.items() if v}
+        if not members:
             continue
-        job["folder"] = os.path.dirname(os.path.abspath(path))  # where it is now (run.json names where it ran)
-        job["evals"] = {}
-        for kind, prefix in CHECKPOINTS:
-            for split in job.get("splits", ["val"]):
-                csv_path = os.path.join(job["folder"], f"{prefix}{split}_per_case.csv")
-                if os.path.isfile(csv_path):
-                    job["evals"][(kind, split)] = read_per_case(csv_path)
-        curve = os.path.join(job["folder"], "val_curve.csv")
-        with open(curve, newline="") as f:
-            job["curve"] = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-        runs.append(job)
-    return runs
-
-
-def seed_values(runs, method, labelnum, kind, split, metric, cls="mean"):
-    """-> {seed: value}: each seed's mean over cases (of the class mean, or of one class), averaged over the
-    dataset splits it was run on."""
-    by_seed = defaultdict(list)
-    for r in runs:
-        if r["method"] != method or r["labelnum"] != labelnum or (kind, split) not in r["evals"]:
-            continue
-        per_case = r["evals"][(kind, split)]
-        vals = case_means(per_case, metric).values() if cls == "mean" else \
-            [classes[cls][metric] for classes in per_case.values() if cls in classes]
-        by_seed[r["seed"]].append(float(np.mean(list(vals))))
-    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items())}
-
-
-def mean_std(values):
-    v = np.array(list(values), dtype=np.float64)
-    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else float("nan")), len(v)
-
-
-def paired_cases(runs, method, against, labelnum, kind, split):
-    """-> (x, y): per-case mean Dice of `method` and `against` on the same (seed, dataset split, case)."""
-    table = defaultdict(dict)
-    for r in runs:
-        if r["labelnum"] == labelnum and r["method"] in (method, against) and (kind, split) in r["evals"]:
-            for case, v in case_means(r["evals"][(kind, split)], "dice").items():
-                table[(r["seed"], r["split"], case)][r["method"]] = v
-    keys = sorted(k for k, v in table.items() if method in v and against in v)
-    return np.array([table[k][method] for k in keys]), np.array([table[k][against] for k in keys])
-
-
-def wilcoxon_p(x, y):
-    """Two-sided paired Wilcoxon signed-rank p-value; nan when it is undefined (no pairs, or all equal)."""
-    from scipy.stats import wilcoxon
-
-    if len(x) == 0 or np.all(x == y):
-        return float("nan")
-    return float(wilcoxon(x, y).pvalue)
-
-
-def summarize(runs, against):
-    """-> (rows for results.csv, groups) with groups[(labelnum, kind, split)] = [(method, row dict)]."""
-    rows, groups = [], defaultdict(list)
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    keys = sorted({(r["labelnum"], kind, split) for r in runs for kind, split in r["evals"]},
-                  key=lambda k: (k[2] != "val", k[1] != "best", k[0]))
-    for labelnum, kind, split in keys:
-        for method in methods:
-            classes = next((list(next(iter(r["evals"][(kind, split)].values()))) for r in runs
-                            if r["method"] == method and r["labelnum"] == labelnum and (kind, split) in r["evals"]),
-                           None)
-            if classes is None:
-                continue
-            entry = {}
-            for metric in METRICS:
-                for cls in ["mean", *classes]:
-                    m, s, n = mean_std(seed_values(runs, method, labelnum, kind, split, metric, cls).values())
-                    entry[(metric, cls)] = (m, s, n)
-                    rows.append({"method": method, "labelnum": labelnum, "split": split, "checkpoint": kind,
-                                 "metric": metric, "class": cls, "mean": m, "std": s, "seeds": n})
-            p = wilcoxon_p(*paired_cases(runs, method, against, labelnum, kind, split)) if method != against \
-                else float("nan")
-            entry["p"] = p
+        classes = list(next(iter(next(iter(members.values()))[0][1]["evals"][(kind, split)].values())))
+        group = {}
+        for metric in METRICS:
+            for cls in ["mean", *classes]:
+                runs = {m: [patient_scores(case_values(u["evals"][(kind, split)], metric, cls)) for _, u in v]
+                        for m, v in members.items()}
+                patients = sorted({p for rs in runs.values() for r in rs for p in r})
+                mats = {m: score_matrix(rs, patients) for m, rs in runs.items()}
+                samples = hierarchical_bootstrap(mats, n_boot, seed)  # same seed: the same resamples every metric
+                better_high = metric not in LOWER_IS_BETTER
+                for m, x in mats.items():
+                    run_means = np.nanmean(x, axis=1)
+                    e = {"mean": float(np.nanmean(x)), "ci": percentile_ci(samples[m]), "runs": len(x),
+                         "run_means": run_means, "seeds": len({k[2] for k, _ in members[m]})}
+                    if m != against and against in mats:
+                        d = samples[m] - samples[against]
+                        e.update(diff=e["mean"] - float(np.nanmean(mats[against])), diff_ci=percentile_ci(d),
+                                 prob=probability_of_improvement(x, mats[against], better_high),
+                                 p=wilcoxon_patients(x, mats[against]))
+                    group.setdefault(m, {})[(metric, cls)] = e
+                others = [m for m in mats if m != against and against in mats]
+                for m, p in zip(others, holm([group[m][(metric, cls)]["p"] for m in others])):
+                    group[m][(metric, cls)]["p_holm"] = float(p)
+                if (metric, cls) == ("dice", "mean"):
+                    ranks[key] = rank_distribution(samples)
+                    boot[key] = samples
+        for m, entry in group.items():
             entry["classes"] = classes
-            for r in rows[-len(METRICS) * (len(classes) + 1):]:
-                r[f"p_wilcoxon_vs_{against}"] = p
-            groups[(labelnum, kind, split)].append((method, entry))
-    return rows, groups
+            entry["attempts"] = [a for _, u in members[m] for a in u["attempts"]]
+            for (metric, cls), e in ((k, v) for k, v in entry.items() if isinstance(k, tuple)):
+                rm = e["run_means"]
+                rows.append({"method": m, "labelnum": labelnum, "split": split, "checkpoint": kind,
+                             "primary": primary(key, keys), "metric": metric, "class": cls, "mean": e["mean"],
+                             "std": float(np.std(rm, ddof=1)) if len(rm) > 1 else float("nan"),
+                             "seeds": e["seeds"], "runs": e["runs"], "ci95_low": e["ci"][0], "ci95_high": e["ci"][1],
+                             "against": against, "diff": e.get("diff", float("nan")),
+                             "diff_ci95_low": e.get("diff_ci", (float("nan"),) * 2)[0],
+                             "diff_ci95_high": e.get("diff_ci", (float("nan"),) * 2)[1],
+                             "prob_improvement": e.get("prob", float("nan")), "p_wilcoxon": e.get("p", float("nan")),
+                             "p_holm": e.get("p_holm", float("nan"))})
+        groups[key] = group
+    return rows, groups, ranks, boot, keys
 
 
-def _fmt(m, s, metric):
-    scale = 100.0 if metric in PERCENT else 1.0
-    return f"{scale * m:.2f}" + ("" if np.isnan(s) else f" ± {scale * s:.2f}")
+# ------------------------------------------------------------------------------------------------- reporting
+def summary_only_values(attempts, method, labelnum, kind, split):
+    """Dice of the summary-only attempts of a method at this checkpoint (they are val scores)."""
+    if split != "val":
+        return []
+    return [a[kind]["dice"] for a in attempts if a.get("summary_only") and a["method"] == method
+            and a["labelnum"] == labelnum and a.get(kind) and a[kind].get("dice") is not None]
 
 
-def write_markdown(path, groups, against, preset):
-    lines = [f"# {preset}: mean ± std over seeds", "",
-             "Dice and Jaccard in %, HD95 and ASD as evaluated (voxels unless --use_spacing); p: paired Wilcoxon "
-             f"signed-rank test against {against} on per-case mean Dice of matching seeds.", ""]
-    for (labelnum, kind, split), entries in groups.items():
-        classes = entries[0][1]["classes"]
-        lines += [f"## {split}, {'best-on-val' if kind == 'best' else 'final'} checkpoint, --labelnum {labelnum}", "",
-                  "| method | Dice | Jaccard | HD95 | ASD | " + " | ".join(f"{c} Dice" for c in classes)
-                  + f" | seeds | p vs {against} |",
-                  "|---" * (7 + len(classes)) + "|"]
-        for method, e in entries:
-            cells = [_fmt(*e[(m, "mean")][:2], m) for m in METRICS]
-            cells += [_fmt(*e[("dice", c)][:2], "dice") for c in classes]
-            p = "–" if np.isnan(e["p"]) else f"{e['p']:.3g}"
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {e[('dice', 'mean')][2]} | {p} |")
+def provenance_notes(attempts):
+    """-> {method: note} for methods whose attempts come from several code hashes or machines."""
+    notes = {}
+    for m in dict.fromkeys(a["method"] for a in attempts):
+        mine = [a for a in attempts if a["method"] == m and not a.get("summary_only")]
+        hashes = defaultdict(int)
+        machines = defaultdict(int)
+        for a in mine:
+            for h in (a.get("code_hash") if isinstance(a.get("code_hash"), list) else [a.get("code_hash")]):
+                hashes[h or "unknown"] += 1
+            for mach in (a.get("machine") if isinstance(a.get("machine"), list) else [a.get("machine")]):
+                machines[machine_label(mach)] += 1
+        parts = []
+        if len(hashes) > 1:
+            parts.append(f"{len(hashes)} code versions (" + "; ".join(f"{h} ×{n}" for h, n in hashes.items()) + ")")
+        if len(machines) > 1:
+            parts.append(f"{len(machines)} machines (" + "; ".join(f"{k} ×{n}" for k, n in machines.items()) + ")")
+        if parts:
+            notes[m] = " and ".join(parts)
+    return notes
+
+
+def _pct(v, metric):
+    return f"{(100.0 if metric in PERCENT else 1.0) * v:.2f}"
+
+
+def _ci(e, metric):
+    return f"{_pct(e['mean'], metric)} [{_pct(e['ci'][0], metric)}, {_pct(e['ci'][1], metric)}]"
+
+
+def _p(p):
+    return "–" if p is None or np.isnan(p) else f"{p:.3g}"
+
+
+def write_markdown(path, groups, keys, attempts, against, preset, dropped, notes, n_boot):
+    lines = [f"# {preset}", "",
+             "Unit: the patient (a run's per-case scores averaged over each patient's frames and the classes). "
+             f"Mean [95 % CI]: hierarchical bootstrap over runs, then patients ({n_boot} samples). Δ: difference to "
+             f"{against} [95 % CI] on the same bootstrap samples. P(better): share of patient × run pairs in which "
+             f"the method beats {against}. p: paired Wilcoxon signed-rank test over patients of run-averaged Dice, "
+             "Holm-corrected over the table's comparisons. Runs: every finished attempt of every seed. Dice and "
+             "Jaccard in %, HD95 and ASD as evaluated (voxels unless --use_spacing).", ""]
+    for key in keys:
+        if key not in groups:
+            continue
+        labelnum, kind, split = key
+        group = groups[key]
+        classes = next(iter(group.values()))["classes"]
+        what = {("final", "val"): "final checkpoint (nothing selected on these cases)",
+                ("best", "val"): "best-on-val checkpoint — selected on the same val cases it is scored on",
+                ("best", "test"): "best-on-val checkpoint scored on test",
+                ("final", "test"): "final checkpoint"}[(kind, split)]
+        lines += [f"## {'Primary: ' if primary(key, keys) else ''}{split}, {what}, --labelnum {labelnum}", "",
+                  f"| method | runs | Dice [95 % CI] | Δ Dice vs {against} [95 % CI] | P(better) | p (Holm) | run means: "
+                  "sd (min–max) | Jaccard | HD95 | ASD | " + " | ".join(f"{c} Dice" for c in classes) + " |",
+                  "|---" * (10 + len(classes)) + "|"]
+        order = sorted(group, key=lambda m: -group[m][("dice", "mean")]["mean"])
+        for m in order:
+            e = group[m]
+            d = e[("dice", "mean")]
+            extra = summary_only_values(attempts, m, labelnum, kind, split)
+            means = list(100 * d["run_means"]) + [100 * v for v in extra]
+            spread = f"{np.std(means, ddof=1):.2f} ({min(means):.2f}–{max(means):.2f})" if len(means) > 1 else "–"
+            runs = f"{d['runs']}" + (f" + {len(extra)} summary-only" if extra else "")
+            delta = "–" if "diff" not in d else \
+                f"{100 * d['diff']:+.2f} [{100 * d['diff_ci'][0]:+.2f}, {100 * d['diff_ci'][1]:+.2f}]"
+            prob = "–" if "prob" not in d else f"{d['prob']:.2f}"
+            cells = [f"{m}{' †' if m in notes else ''}", runs, _ci(d, "dice"), delta, prob, _p(d.get("p_holm")),
+                     spread] + [_pct(e[(metric, "mean")]["mean"], metric) for metric in METRICS[1:]] + \
+                [_pct(e[("dice", c)]["mean"], "dice") for c in classes]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    summary_only = [a for a in attempts if a.get("summary_only")]
+    if summary_only:
+        lines += ["Summary-only attempts (no per-case files: in the run-mean spread, not in the bootstrap):", ""]
+        for a in summary_only:
+            best = a.get("best") or {}
+            final = a.get("final") or {}
+            lines.append(f"- {a['run']} attempt {a['attempt']}: best-on-val Dice "
+                         f"{100 * best['dice']:.2f}" + (f", final {100 * final['dice']:.2f}" if final else "")
+                         + f" — {a.get('source', '')}")
+        lines.append("")
+    if dropped:
+        lines += ["Excluded:", ""] + [f"- {run} attempt {n}: {why}" for run, n, why in dropped] + [""]
+    if notes:
+        lines += ["† runs from more than one code version or machine (a CPU's kernels change a trajectory):", ""]
+        lines += [f"- {m}: {note}" for m, note in notes.items()] + [""]
+    not_in = [a for a in attempts if not a.get("in_ledger")]
+    if not_in:
+        lines += [f"Not in the ledger (run run_experiments.py on this preset to add them): "
+                  f"{', '.join(a['run'] for a in not_in)}", ""]
+    atomic_write_text(path, lambda f: f.write("\n".join(lines)))
+    return "\n".join(lines)
 
 
-def write_figures(folder, runs, groups):
-    import matplotlib
+def write_csv_rows(path, rows):
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    atomic_write_text(path, write)
 
-    os.makedirs(folder, exist_ok=True)
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    labelnums = sorted({r["labelnum"] for r in runs})
-    fig, axes = plt.subplots(1, len(labelnums), figsize=(6 * len(labelnums), 4.5), squeeze=False)
-    for ax, labelnum in zip(axes[0], labelnums):
-        for method in methods:
-            curves = defaultdict(lambda: defaultdict(list))  # seed -> iteration -> [dice per dataset split]
-            for r in runs:
-                if r["method"] == method and r["labelnum"] == labelnum:
-                    for row in r["curve"]:
-                        curves[r["seed"]][int(row["iteration"])].append(100 * row["dice"])
-            if not curves:
-                continue
-            its = sorted(set.intersection(*(set(c) for c in curves.values())))
-            vals = np.array([[np.mean(c[i]) for i in its] for c in curves.values()])  # (seeds, iterations)
-            seeds = f"{len(vals)} seed" + ("s" if len(vals) != 1 else "")
-            line, = ax.plot(its, vals.mean(0), "o-", ms=3, label=f"{method} ({seeds})")
-            ax.fill_between(its, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
-        ax.set(xlabel="iteration", ylabel="val mean Dice (%)", title=f"--labelnum {labelnum}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "val_dice.png"), dpi=90)
-    plt.close(fig)
 
-    bars = [(k, e) for k, e in groups.items() if k[1] == "best" and k[2] == "val"]
-    fig, axes = plt.subplots(1, max(1, len(bars)), figsize=(6 * max(1, len(bars)), 4.5), squeeze=False)
-    for ax, ((labelnum, _, _), entries) in zip(axes[0], bars):
-        names = [m for m, _ in entries]
-        means = [100 * e[("dice", "mean")][0] for _, e in entries]
-        stds = [0.0 if np.isnan(e[("dice", "mean")][1]) else 100 * e[("dice", "mean")][1] for _, e in entries]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set(ylabel="val mean Dice (%), best checkpoint", title=f"--labelnum {labelnum}: mean ± std over seeds")
-        ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "dice_bars.png"), dpi=90)
-    plt.close(fig)
+def write_ranks(path, ranks):
+    rows = []
+    for (labelnum, kind, split), shares in ranks.items():
+        for m, s in shares.items():
+            rows.append({"labelnum": labelnum, "split": split, "checkpoint": kind, "method": m,
+                         "mean_rank": float(np.dot(np.arange(1, len(s) + 1), s)),
+                         **{f"rank_{i + 1}": float(v) for i, v in enumerate(s)}})
+    write_csv_rows(path, rows)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if not os.path.isdir(args.folder):
         raise UsageError(f"{args.folder}: folder not found; pass a preset's folder under model/experiments")
-    runs = load_runs(args.folder)
-    if not runs:
+    attempts = load_attempts(args.folder)
+    attempts, dropped = apply_exclusions(attempts, args.exclude, args.why)
+    scored = [a for a in attempts if a["evals"]]
+    if not scored:
         raise UsageError(f"{args.folder}: no finished runs (run.json with state done); run run_experiments.py first")
-    against = args.against or "diffrect"
-    if against not in {r["method"] for r in runs}:
-        raise UsageError(f"--against {against}: no finished run of that method in {args.folder}")
-    rows, groups = summarize(runs, against)
-    with open(os.path.join(args.folder, "results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    if args.against not in {a["method"] for a in scored}:
+        raise UsageError(f"--against {args.against}: no finished run of that method in {args.folder}")
+    check_same_flags(attempts)
+    rows, groups, ranks, boot, keys = summarize(scored, args.against, args.bootstrap, args.bootstrap_seed)
     preset = os.path.basename(os.path.normpath(args.folder))
-    write_markdown(os.path.join(args.folder, "results.md"), groups, against, preset)
-    write_figures(os.path.join(args.folder, "figures"), runs, groups)
-    with open(os.path.join(args.folder, "results.md")) as f:
-        print(f.read())
-    print(f"wrote results.md, results.csv and figures/ to {args.folder} ({len(runs)} finished runs)")
+    notes = provenance_notes(attempts)
+    write_csv_rows(os.path.join(args.folder, "results.csv"), rows)
+    write_ranks(os.path.join(args.folder, "ranks.csv"), ranks)
+    text = write_markdown(os.path.join(args.folder, "results.md"), groups, keys, attempts, args.against, preset,
+                          dropped, notes, args.bootstrap)
+    from utils.summary_figures import write_figures
+
+    write_figures(os.path.join(args.folder, "figures"), attempts, groups, ranks, keys, args.against, preset)
+    print(text)
+    print(f"wrote results.md, results.csv, ranks.csv and figures/ to {args.folder} ({len(scored)} runs with per-case "
+          f"scores, {len(attempts) - len(scored)} summary-only)")
     return rows
 
 

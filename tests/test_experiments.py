@@ -105,22 +105,34 @@ def test_summary_tables_match_the_per_case_csvs(sweep):
             assert r["seeds"] == 2
             assert r["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
             assert r["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
-    # the paired test: supervised vs FixMatch on (seed, case) pairs of the best checkpoint on val
-    x, y = [], []
-    for s in (1337, 2):
-        a = _case_dice(os.path.join(folder, f"supervised_3_seed{s}", "val_per_case.csv"))
-        b = _case_dice(os.path.join(folder, f"fixmatch_3_seed{s}", "val_per_case.csv"))
-        x += [a[c] for c in sorted(a)]
-        y += [b[c] for c in sorted(a)]
-    p = table[("supervised", "val", "best", "dice", "mean")]["p_wilcoxon_vs_fixmatch"]
+    # the paired test over patients of run-averaged scores (synthetic cases are one patient each), final on val
+    a = [_case_dice(os.path.join(folder, f"supervised_3_seed{s}", "final_val_per_case.csv")) for s in (1337, 2)]
+    b = [_case_dice(os.path.join(folder, f"fixmatch_3_seed{s}", "final_val_per_case.csv")) for s in (1337, 2)]
+    x = [np.mean([r[c] for r in a]) for c in sorted(a[0])]
+    y = [np.mean([r[c] for r in b]) for c in sorted(a[0])]
+    r = table[("supervised", "val", "final", "dice", "mean")]
+    # the smoke data has a test split: best-on-val scored on test is primary
+    assert table[("supervised", "test", "best", "dice", "mean")]["primary"] and not r["primary"]
     if np.all(np.array(x) == np.array(y)):
-        assert np.isnan(p)
+        assert np.isnan(r["p_wilcoxon"])
     else:
-        assert p == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-12)
+        assert r["p_wilcoxon"] == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-12)
+        assert r["p_holm"] == pytest.approx(r["p_wilcoxon"], rel=1e-12)  # one comparison: Holm changes nothing
+    assert r["diff"] == pytest.approx(np.mean(x) - np.mean(y), abs=1e-12)
+    assert r["ci95_low"] <= r["mean"] <= r["ci95_high"] and r["diff_ci95_low"] <= r["diff"] <= r["diff_ci95_high"]
+    assert 0 <= r["prob_improvement"] <= 1
+    with open(os.path.join(folder, "ranks.csv"), newline="") as f:
+        ranks = list(csv.DictReader(f))
+    assert {row["method"] for row in ranks} == {"supervised", "fixmatch"}
+    for row in ranks:
+        assert float(row["rank_1"]) + float(row["rank_2"]) == pytest.approx(1.0)
     with open(os.path.join(folder, "results.md")) as f:
         md = f.read()
-    assert "| supervised |" in md and "| fixmatch |" in md and "p vs fixmatch" in md
-    for png in ("figures/val_dice.png", "figures/dice_bars.png", "supervised_3_seed2/progress.png"):
+    assert "| supervised" in md and "| fixmatch" in md and "Δ Dice vs fixmatch" in md  # († if code changed)
+    assert md.index("## Primary: test, best-on-val checkpoint scored on test") < md.index("## test, final") \
+        < md.index("## val, final checkpoint") < md.index("## val, best-on-val checkpoint — selected on")
+    for png in ("figures/val_dice.png", "figures/dice_bars.png", "figures/forest.png", "figures/ranks.png",
+                "supervised_3_seed2/progress.png"):
         path = os.path.join(folder, png)
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -128,13 +140,6 @@ def test_summary_tables_match_the_per_case_csvs(sweep):
 
         img = cv2.imread(path)
         assert img is not None and img.shape[0] > 200 and img.shape[1] > 300
-
-
-def test_wilcoxon_helper_equals_scipy():
-    rng = np.random.default_rng(0)
-    x, y = rng.random(17), rng.random(17)
-    assert summarize_experiments.wilcoxon_p(x, y) == pytest.approx(wilcoxon(x, y).pvalue, rel=1e-12)
-    assert np.isnan(summarize_experiments.wilcoxon_p(x, x))
 
 
 def test_presets_and_flags(capsys, tmp_path):
