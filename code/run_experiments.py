@@ -117,6 +117,21 @@ def write_state(job, state, **extra):
         {**job, **kept, "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}, f, indent=2))
 
 
+def final_model(job):
+    return os.path.join(job["folder"], f"{job['model']}_final_model.pth")
+
+
+def missing_files(job):
+    """The files a finished run's summary and ledger need that its folder no longer has ([] when complete or not
+    finished). The checkpoints are not among them: a sweep's committed copy keeps only the small files."""
+    state, saved = state_of(job)
+    if state != "done":
+        return []
+    need = ["val_curve.csv"] + [f"{prefix}{split}_per_case.csv" for prefix in ("", "final_")
+                                               for split in saved.get("splits", ["val"])]
+    return [f for f in need if not os.path.isfile(os.path.join(job["folder"], f))]
+
+
 def preset_folder(job):
     return os.path.dirname(job["folder"])
 
@@ -134,16 +149,21 @@ def record_attempt(job, wall_seconds):
 def archive_attempt(job):
     """--rerun of a finished run: move its files to <run>/attempts/<n>/ (n: its attempt), leaving the folder empty
     for the next attempt. The attempt is in the ledger first (a run finished before the ledger existed is added)."""
-    folder = job["folder"]
     attempt = record_attempt(job, (state_of(job)[1] or {}).get("wall_seconds", 0.0))
+    set_aside(job, attempt)
+    return attempt
+
+
+def set_aside(job, attempt):
+    """Move a run folder's files (all but attempts/) to <run>/attempts/<attempt>/."""
+    folder = job["folder"]
     target = os.path.join(folder, "attempts", str(attempt))
     if os.path.exists(target):
         raise UsageError(f"{target} exists already; move it away before rerunning {os.path.basename(folder)}")
     os.makedirs(target)
     for name in os.listdir(folder):
-        if name not in ("attempts", ".lock"):
+        if name not in ("attempts", ".lock", WORKER_LOCK):
             shutil.move(os.path.join(folder, name), os.path.join(target, name))
-    return attempt
 
 
 WORKER_LOCK = ".worker.lock"
@@ -196,8 +216,7 @@ def worker(path, max_run_iterations=None):
         job["attempt"] = next_attempt(read_ledger(preset_folder(job)), os.path.basename(job["folder"]))
     write_state(job, "training", wall_seconds=wall)
     importlib.import_module(job["script"]).main(train_argv)
-    final = os.path.join(job["folder"], f"{job['model']}_final_model.pth")
-    if not os.path.isfile(final):  # stopped by --max_run_iterations
+    if not os.path.isfile(final_model(job)):  # stopped by --max_run_iterations
         write_state(job, "interrupted", wall_seconds=round(wall + time.time() - t0, 1))
         return "interrupted"
     write_state(job, "evaluating", wall_seconds=wall)
@@ -268,6 +287,17 @@ def main(argv=None):
         print(f"generating the synthetic dataset of preset {preset.name} in {root}")
         generate_dataset(root, seed=0, n_train=6, n_val=2, n_test=2, size=(48, 48), depth_range=(3, 4))
     for job in jobs:
+        lost = missing_files(job)
+        if lost:  # a finished run whose folder lost files: evaluate it again, or train it as a new attempt
+            again = os.path.isfile(final_model(job))
+            print(f"{os.path.basename(job['folder'])}: marked done but {', '.join(lost)} are gone; "
+                  f"{'evaluating it again' if again else 'training it again (a new attempt)'}")
+            recorded = (state_of(job)[1].get("attempt") in
+                        attempts_of(read_ledger(preset_folder(job)), os.path.basename(job["folder"])))
+            if again or not recorded:
+                write_state(job, "interrupted")
+            else:  # the ledger keeps its scores; what is left of its files goes beside them
+                set_aside(job, state_of(job)[1]["attempt"])
         if state_of(job)[0] == "done":
             if args.rerun:
                 print(f"{os.path.basename(job['folder'])}: attempt {archive_attempt(job)} moved to attempts/; "

@@ -15,8 +15,9 @@ Checkpoints: on a dataset without a test split the final checkpoint is the prima
 on the cases it is scored on); best-on-val follows, labelled as selected on those same cases. With a test split,
 best-on-val scored on test is primary.
 
-An attempt known only from its recorded curve (`summary_only` in the ledger) counts in its method's spread of run
-means and is listed under the table; without per-case scores it cannot join the patient-level statistics.
+An attempt known only from its recorded curve (`summary_only` in the ledger), or whose per-case files are gone,
+counts in its method's spread of run means with the ledger's scores and is listed under the table; without
+per-case scores it cannot join the patient-level statistics.
 Excluding an attempt needs `--exclude RUN:ATTEMPT --why "..."`; exclusions are printed under the table. Runs of
 one method with different run-defining flags are refused; runs of one method from several code versions or
 machines are marked.
@@ -132,12 +133,12 @@ def load_attempts(folder):
         if not e.get("summary_only"):
             run_json, now = current.get(e["run"], (None, None))
             where = attempt_folder(os.path.join(folder, e["run"]), e["attempt"], now)
-            if not os.path.isdir(where):
-                raise UsageError(f"{os.path.join(folder, 'ledger.jsonl')}: attempt {e['attempt']} of {e['run']} has "
-                                 f"no folder ({where}); restore it from git, or leave it out with --exclude "
-                                 f"{e['run']}:{e['attempt']} --why \"...\"")
-            a["evals"] = _evals(where)
-            a["curve"] = read_curve(os.path.join(where, "val_curve.csv"))
+            a["evals"] = _evals(where) if os.path.isdir(where) else {}
+            curve = os.path.join(where, "val_curve.csv")
+            a["curve"] = read_curve(curve) if os.path.isfile(curve) else e.get("curve", [])
+            if not a["evals"]:  # its files are gone: the ledger's own scores still count, like a summary-only one
+                a.update(summary_only=True, source=f"its per-case files are missing from {where}; the ledger's "
+                         f"scores count (restore the folder from git to bring them back)")
         attempts.append(a)
     in_ledger = {(e["run"], e["attempt"]) for e in entries}
     for run, (job, attempt) in current.items():

@@ -225,3 +225,53 @@ def test_repeated_seeds_and_methods_plan_each_run_once(capsys):
     assert [os.path.basename(j["folder"]) for j in jobs] == ["fixmatch_3_seed1337"]
     out = capsys.readouterr().out
     assert "--seeds: 1337 1337 repeats values; running 1337" in out and "--methods: fixmatch fixmatch" in out
+
+
+def test_two_invocations_share_the_work(sweep, tmp_path):
+    """The same command started twice: the second skips the run the first is training ("busy") instead of
+    marking it failed; the first finishes it."""
+    base, _, _ = sweep
+    argv = ["--preset", "smoke", "--methods", "supervised", "--seeds", "1337", "--root_path", str(base / "data"),
+            "--out", str(tmp_path)]
+    folder = tmp_path / "smoke" / "supervised_3_seed1337"
+    first = subprocess.Popen([sys.executable, os.path.join(CODE, "run_experiments.py"), *argv], cwd=CODE,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while run_experiments.worker_holding(str(folder)) is None and time.time() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    assert run_experiments.worker_holding(str(folder)) is not None
+    second = subprocess.run([sys.executable, os.path.join(CODE, "run_experiments.py"), *argv], cwd=CODE,
+                            capture_output=True, text=True)
+    out_first = first.communicate(timeout=300)[0]
+    assert second.returncode == 0 and "busy: PID" in second.stdout and "failed" not in second.stdout
+    assert first.returncode == 0 and "done after" in out_first
+    import json
+
+    with open(folder / "run.json") as f:
+        assert json.load(f)["state"] == "done"
+
+
+def test_a_finished_run_that_lost_files_is_evaluated_again(sweep, tmp_path, capsys):
+    base, _, _ = sweep
+    argv = ["--preset", "smoke", "--methods", "supervised", "--seeds", "2", "--root_path", str(base / "data"),
+            "--out", str(tmp_path)]
+    run_experiments.main(argv)
+    folder = tmp_path / "smoke" / "supervised_3_seed2"
+    scores = (folder / "final_val_per_case.csv").read_text()
+    os.remove(folder / "final_val_per_case.csv")
+    assert run_experiments.main(argv) == {str(folder): "done"}
+    assert "marked done but final_val_per_case.csv are gone; evaluating it again" in capsys.readouterr().out
+    assert (folder / "final_val_per_case.csv").read_text() == scores
+    from utils.ledger import read_ledger
+
+    assert len(read_ledger(str(tmp_path / "smoke"))) == 1  # the same attempt, not a new one
+
+
+def test_a_damaged_run_json_is_named(sweep, tmp_path):
+    base, _, _ = sweep
+    folder = tmp_path / "smoke" / "supervised_3_seed1337"
+    os.makedirs(folder)
+    (folder / "run.json").write_text('{"state": "tra')
+    with pytest.raises(run_experiments.UsageError, match=r"supervised_3_seed1337/run.json: damaged .*git checkout"):
+        run_experiments.main(["--preset", "smoke", "--methods", "supervised", "--seeds", "1337", "--root_path",
+                              str(base / "data"), "--out", str(tmp_path)])

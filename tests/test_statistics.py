@@ -186,7 +186,8 @@ def test_runs_with_other_run_defining_flags_are_not_averaged(hand_preset):
 
 @pytest.mark.parametrize("damage, named", [
     (lambda r: (r / "a_3_seed2" / "run.json").write_text('{"state": "do'), "a_3_seed2/run.json: damaged"),
-    (lambda r: os.remove(r / "a_3_seed2" / "val_curve.csv"), "a_3_seed2/val_curve.csv: missing"),
+    (lambda r: (os.remove(r / "a_3_seed2" / "val_curve.csv"), os.remove(r / "ledger.jsonl")),
+     "a_3_seed2/val_curve.csv: missing"),
     (lambda r: (r / "a_3_seed2" / "final_val_per_case.csv").write_text("case,class,dice,jaccard,hd95,asd\nx,RV,n/a,"),
      "final_val_per_case.csv: damaged per-case table"),
     (lambda r: (r / "ledger.jsonl").write_text((r / "ledger.jsonl").read_text()[:-30]),
@@ -196,3 +197,18 @@ def test_damaged_records_are_named_in_one_line(hand_preset, damage, named):
     damage(hand_preset)
     with pytest.raises(UsageError, match=named):
         summarize_experiments.main([str(hand_preset), "--against", "a"])
+
+
+def test_an_attempt_whose_files_are_gone_keeps_its_ledger_scores(hand_preset):
+    entries = [json.loads(line) for line in (hand_preset / "ledger.jsonl").read_text().splitlines()]
+    entries[2].update(best={"dice": 0.55}, final={"dice": 0.6}, curve=[{"iteration": 6, "dice": 0.6}])
+    (hand_preset / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    for name in os.listdir(hand_preset / "a_3_seed2"):
+        if name != "run.json":
+            os.remove(hand_preset / "a_3_seed2" / name)
+    rows = summarize_experiments.main([str(hand_preset), "--against", "a", "--bootstrap", "200"])
+    assert next(r for r in rows if (r["method"], r["checkpoint"], r["metric"], r["class"]) ==
+                ("a", "final", "dice", "mean"))["runs"] == 2
+    md = (hand_preset / "results.md").read_text()
+    assert "| a † | 2 + 1 summary-only |" in md
+    assert "a_3_seed2 attempt 1: best-on-val Dice 55.00, final 60.00 — its per-case files are missing" in md
