@@ -112,7 +112,7 @@ def state_of(job):
 def write_state(job, state, **extra):
     os.makedirs(job["folder"], exist_ok=True)
     saved = state_of(job)[1] or {}
-    kept = {k: saved[k] for k in ("attempt", "wall_seconds") if k in saved}  # carried across states
+    kept = {k: saved[k] for k in ("attempt", "wall_seconds", "provenance") if k in saved}  # carried across states
     atomic_write_text(os.path.join(job["folder"], "run.json"), lambda f: json.dump(
         {**job, **kept, "state": state, "updated": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}, f, indent=2))
 
@@ -132,6 +132,15 @@ def missing_files(job):
     return [f for f in need if not os.path.isfile(os.path.join(job["folder"], f))]
 
 
+def run_provenance(job):
+    """The training's provenance segments (code, machine, data, seconds per invocation; utils/provenance.py)."""
+    path = os.path.join(job["folder"], "provenance.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
 def preset_folder(job):
     return os.path.dirname(job["folder"])
 
@@ -142,7 +151,7 @@ def record_attempt(job, wall_seconds):
     entries = read_ledger(preset_folder(job))
     attempt = saved.get("attempt") or next_attempt(entries, run)
     if attempt not in attempts_of(entries, run):
-        append_entry(preset_folder(job), entry_for(job, attempt, wall_seconds))
+        append_entry(preset_folder(job), entry_for({**job, "provenance": run_provenance(job)}, attempt, wall_seconds))
     return attempt
 
 
@@ -217,7 +226,7 @@ def worker(path, max_run_iterations=None):
     write_state(job, "training", wall_seconds=wall)
     importlib.import_module(job["script"]).main(train_argv)
     if not os.path.isfile(final_model(job)):  # stopped by --max_run_iterations
-        write_state(job, "interrupted", wall_seconds=round(wall + time.time() - t0, 1))
+        write_state(job, "interrupted", wall_seconds=round(wall + time.time() - t0, 1), provenance=run_provenance(job))
         return "interrupted"
     write_state(job, "evaluating", wall_seconds=wall)
     gpus = [train_argv[i + 1] for i, a in enumerate(train_argv[:-1]) if a == "--gpu"]
@@ -228,7 +237,7 @@ def worker(path, max_run_iterations=None):
             test_ACDC.main(["--checkpoint", os.path.join(job["folder"], f"{job['model']}_{kind}_model.pth"),
                             "--root_path", job["root_path"], "--split", split, "--gpu", gpu])
     wall += time.time() - t0
-    write_state(job, "done", splits=splits, wall_seconds=round(wall, 1))
+    write_state(job, "done", splits=splits, wall_seconds=round(wall, 1), provenance=run_provenance(job))
     record_attempt(job, wall)
     return "done"
 

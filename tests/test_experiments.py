@@ -148,8 +148,13 @@ def test_presets_and_flags(capsys, tmp_path):
     for name in ("paper-acdc", "paper-mscmr", "paper-prostate", "paper-ablation", "cpu-acdc", "smoke"):
         assert name + ":" in out
     jobs = run_experiments.main(["--preset", "paper-acdc", "--dry_run", "--out", str(tmp_path)])
-    # 8 methods and supervised-lambda0 at 1 / 3 / 7 labeled patients, supervised-full once (all 140), 3 seeds
-    assert len(jobs) == (9 * 3 + 1) * 3 and {j["labelnum"] for j in jobs} == {1, 3, 7, 140}
+    # 8 methods, BCP, ABD, UniMatch and supervised-lambda0 at 1 / 3 / 7 labeled patients, supervised-full once
+    # (all 140), 3 seeds
+    assert len(jobs) == (12 * 3 + 1) * 3 and {j["labelnum"] for j in jobs} == {1, 3, 7, 140}
+    argv = {j["method"]: " ".join(j["train_argv"]) for j in jobs if j["labelnum"] == 3 and j["seed"] == 1337}
+    # BCP and ABD: their papers' 10 000 pre-training (a quarter, the scripts' default) + 30 000 self-training
+    assert "--max_iterations 40000" in argv["bcp"] and "--max_iterations 40000" in argv["abd"]
+    assert "--max_iterations 30000" in argv["unimatch"] and "--consistency" not in argv["unimatch"]
     diffrect = next(j for j in jobs if j["method"] == "diffrect")
     assert "--batch_size 6 --labeled_bs 3" in " ".join(diffrect["train_argv"])
     assert diffrect["folder"].endswith(os.path.join("paper-acdc", "diffrect_1_seed1337"))
@@ -160,6 +165,10 @@ def test_presets_and_flags(capsys, tmp_path):
              for j in cpu if "--consistency_rampup" in j["train_argv"]}
     assert ramps["diffrect"] == ramps["fixmatch"] == "8" and ramps["diffrect-ramp200"] == "200"
     assert all(j["train_argv"].count("--consistency_rampup") <= 1 for j in cpu)
+    # BCP, ABD, UniMatch: the same 1200 iterations (BCP / ABD pre-training included), no ramp flag (they have none)
+    for m in ("bcp", "abd", "unimatch"):
+        a = next(j["train_argv"] for j in cpu if j["method"] == m)
+        assert a[a.index("--max_iterations") + 1] == "1200" and "--consistency_rampup" not in a
     # the controls: supervised-lambda0 = FixMatch's run (same script, batches, flags) with --consistency 0 only;
     # supervised-full = the supervised run at every label
     by = {j["method"]: j for j in cpu}
@@ -203,7 +212,9 @@ def test_ledger_keeps_every_attempt_with_its_provenance(sweep, tmp_path, capsys)
     ckpt = torch.load(folder / "unet_final_model.pth", map_location="cpu", weights_only=False)
     assert ckpt["provenance"][0]["code_hash"] == first["code_hash"] and ckpt["provenance"][0]["end_iteration"] == 6
     with open(folder / "run.json") as f:
-        assert json.load(f)["attempt"] == 1
+        saved = json.load(f)
+    assert saved["attempt"] == 1 and saved["provenance"] == first["provenance"] and saved["wall_seconds"] > 0
+    assert first["provenance"][0]["code_hash"] == first["code_hash"] and first["code_commit"] is not None
     run_experiments.main(argv)  # finished: nothing trains, nothing is appended
     assert len(read_ledger(str(preset))) == 1
     old_scores = (folder / "val_per_case.csv").read_text()

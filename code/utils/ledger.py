@@ -110,13 +110,10 @@ def _merged(segments, key):
 
 
 def entry_for(job, attempt, wall_seconds):
-    """The ledger entry of a finished run (its folder holds provenance.json, val_curve.csv, the summaries)."""
+    """The ledger entry of a finished run: job["provenance"] (the segments of its provenance.json), its folder's
+    val_curve.csv and the best/final checkpoints' val summaries."""
     folder = job["folder"]
-    prov_path = os.path.join(folder, "provenance.json")
-    segments = []
-    if os.path.isfile(prov_path):
-        with open(prov_path) as f:
-            segments = json.load(f)
+    segments = job.get("provenance") or []
     return {"run": os.path.basename(folder), "attempt": attempt, "preset": job["preset"], "method": job["method"],
             "labelnum": job["labelnum"], "seed": job["seed"], "split": job["split"],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "train_argv": job["train_argv"],
