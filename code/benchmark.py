@@ -1,6 +1,7 @@
 """Speed and memory of one training iteration per method, on the current device, in one run.
 
-For supervised, FixMatch and DiffRect (before and after --refine_start) at the given batch and patch size:
+For supervised, FixMatch, DiffRect (before and after --refine_start), BCP (its pre-training and self-training
+steps; ABD pre-trains alike), ABD and UniMatch at the given batch and patch size:
 median seconds per iteration after warm-up, with data loading excluded (the step on a ready batch) and
 included (loader + step); peak memory (RSS on CPU, max allocated on CUDA); the step's FLOPs counted with
 torch.utils.flop_counter and the achieved GFLOP/s beside a fp32 matmul peak measured in the same run, at its
@@ -25,8 +26,17 @@ from collections import Counter
 
 import torch
 
+from utils.safe_write import write_text
+
 METHODS = {"supervised": "train_fully_supervised_ACDC", "fixmatch": "train_fixmatch_ACDC",
-           "diffrect_before": "train_diffrect_ACDC", "diffrect_after": "train_diffrect_ACDC"}
+           "diffrect_before": "train_diffrect_ACDC", "diffrect_after": "train_diffrect_ACDC",
+           "bcp_pretrain": "train_bcp_ACDC", "bcp": "train_bcp_ACDC", "abd": "train_abd_ACDC",
+           "unimatch": "train_unimatch_ACDC"}
+# bcp / abd: their self-training step (every timed step after the switch); bcp_pretrain: the pre-training step of
+# both (the first quarter of a run by default)
+STAGE_FLAGS = {"diffrect_before": ["--refine_start", "100000"], "diffrect_after": ["--refine_start", "0"],
+               "bcp": ["--pretrain_iterations", "0"], "abd": ["--pretrain_iterations", "0"],
+               "bcp_pretrain": ["--pretrain_iterations", "100000"]}
 
 
 def matmul_peak(device, n=2048, reps=10):
@@ -144,8 +154,7 @@ def bench_one(method, a):
             "--batch_size", str(a.batch_size), "--labeled_bs", str(a.labeled_bs), "--patch_size",
             *map(str, a.patch_size), "--gpu", str(a.gpu), "--max_iterations", "100000", "--amp", a.amp,
             "--deterministic", str(a.deterministic), "--compile", str(a.compile)]
-    if method.startswith("diffrect"):
-        argv += ["--refine_start", "0" if method == "diffrect_after" else "100000"]
+    argv += STAGE_FLAGS.get(method, [])
     args = script.parse_args(argv)
     run = TrainingRun(args, script.BATCHES, script=METHODS[method])  # the batches the script itself trains on
     method_parts = script.build(args, run)
@@ -295,12 +304,13 @@ def main(argv=None):
           + ", ".join(f"{r['in']}->{r['out']}@{r['size'][0]} {r['gflops'] / peak:.0%}" for r in convs["shapes"]))
     print(f"the U-Net's convolutions at those speeds: {convs['unet_conv_gflops']:.0f} GFLOP/s = "
           f"{convs['unet_conv_gflops'] / peak:.0%} of the peak (the ceiling for a step made of them)")
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_text(a.out, lambda f: json.dump(result, f, indent=2), "--out")
     if failed:
         raise SystemExit(f"benchmark of {', '.join(failed)} failed (see above); the others are in {a.out}")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    from utils.config import run_main
+
+    run_main(main)

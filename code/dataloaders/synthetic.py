@@ -7,7 +7,7 @@ may lose the RV and/or the LV cavity. The image gets per-class intensities, part
 multiplicative bias field and Gaussian noise, then is min-max normalised to [0, 1] over the whole volume
 and stored on a 1/256 grid (exact in float32; keeps the default dataset ~11 MB).
 
-Layout written by :func:`generate_dataset` (see README, Method: Data)::
+Layout written by :func:`generate_dataset` (see docs/datasets.md, The prepared layout)::
 
     <out>/train_slices.list  train.list  val.list  test.list  dataset.json
     <out>/data/<volume>.h5                 'image' (D,H,W) float32 in [0,1], 'label' (D,H,W) uint8
@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from dataloaders.components import CROSS3, largest_per_slice
 from dataloaders.layout import atomic_folder, write_h5, write_list
+from utils.safe_write import write_text
 
 __all__ = [
     "CLASS_NAMES",
@@ -40,9 +42,6 @@ CLASS_NAMES = ["BG", "RV", "Myo", "LV"]
 LABELNUMS = (1, 2, 3, 4, 7)
 # Images are stored on a 1/256 grid (8-bit-like; exact in float32): 0 and 1 stay exact, files stay small.
 _QUANT = 256.0
-# in-plane 4-connectivity structuring element for (D,H,W) arrays
-_CROSS3 = np.zeros((3, 3, 3), dtype=bool)
-_CROSS3[1, 1, :] = _CROSS3[1, :, 1] = True
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -108,24 +107,6 @@ def _frame_params(rng: np.random.Generator, p: dict, contraction: float) -> dict
         q["theta"] = p["theta"] + _u(rng, -0.1, 0.1)
         q["rv_dir"] = p["rv_dir"] + _u(rng, -0.1, 0.1)
     return q
-
-
-def _largest_per_slice(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Keep, in each slice of a (D,H,W) mask, only its largest 4-connected component (if >= min_pixels)."""
-    lab, n = ndimage.label(mask, structure=_CROSS3)  # components never cross slices
-    if n == 0:
-        return mask
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    zs = np.nonzero(mask)[0]
-    comp_z = np.zeros(n + 1, dtype=np.int64)
-    comp_z[lab[mask]] = zs
-    keep = np.zeros(n + 1, dtype=bool)
-    for zi in np.unique(comp_z[1:]):
-        ids = np.nonzero(comp_z == zi)[0]
-        ids = ids[ids > 0]
-        best = ids[np.argmax(sizes[ids])]
-        keep[best] = sizes[best] >= min_pixels
-    return keep[lab]
 
 
 def make_volume(rng: np.random.Generator, depth: int, height: int, width: int,
@@ -202,7 +183,7 @@ def make_volume(rng: np.random.Generator, depth: int, height: int, width: int,
     has_rv = rv_scale > 0.25
     rv = ((ur / np.maximum(A_r, 1e-6)) ** 2 + (vr / np.maximum(A_t, 1e-6)) ** 2 < 1.0) & has_rv & ~outer
     # in-plane opening drops the crescent's one-pixel-thin horn tips; then keep one piece per slice
-    rv = _largest_per_slice(ndimage.binary_opening(rv, structure=_CROSS3), min_pixels=8)
+    rv = largest_per_slice(ndimage.binary_opening(rv, structure=CROSS3), min_pixels=8)
 
     label = np.zeros((depth, height, width), dtype=np.uint8)
     label[rv] = 1
@@ -344,7 +325,7 @@ def _build(root: Path, seed, n_train, n_val, n_test, size, depth_range, size_jit
         "n_train": n_train, "n_val": n_val, "n_test": n_test, "frames": frames,
         "size": [H0, W0], "depth_range": list(depth_range), "size_jitter": bool(size_jitter),
     }
-    (root / "dataset.json").write_text(json.dumps(desc, indent=2) + "\n")
+    write_text(root / "dataset.json", lambda f: f.write(json.dumps(desc, indent=2) + "\n"))
     return {
         "patients": n_pat,
         "train_patients": n_train, "val_patients": n_val, "test_patients": n_test,

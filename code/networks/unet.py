@@ -1,5 +1,7 @@
-"""The segmentation U-Net theta of SSL4MIS (README, Method: Networks): 1,813,764 parameters for 4 classes."""
+"""The segmentation U-Net theta of SSL4MIS (docs/method.md, Networks): 1,813,764 parameters for 4 classes."""
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from networks.blocks import Decoder, Encoder
 from networks.mcnet import MCNet
@@ -20,6 +22,16 @@ class UNet(nn.Module):
         # -> logits (B, class_num, H, W) and the decoder's last features (B, 16, H, W)
         h = self.decoder.hidden(self.encoder(x))
         return self.decoder.out_conv(h), h
+
+    def forward_perturbed(self, x, p, first=0):
+        """UniMatch's feature perturbation (Yang et al., CVPR 2023, Sec. 3): one encoder pass over x; the decoder
+        decodes the clean features of all of x and, as a second stream, those of x[first:] with channel dropout
+        (probability p, kept channels scaled by 1/(1-p)) on every encoder stage, skips included. A training
+        forward: the dropout acts in eval mode too. Both streams share one decoder pass, so BatchNorm sees them
+        together. x (B, in_chns, H, W) -> logits (B, class_num, H, W), perturbed logits (B - first, class_num, H, W)."""
+        feats = self.encoder(x)
+        logits = self.decoder([torch.cat([f, F.dropout2d(f[first:], p, training=True)]) for f in feats])
+        return logits[:len(x)], logits[len(x):]
 
 
 NETWORKS = {"unet": UNet, "mcnet": MCNet}

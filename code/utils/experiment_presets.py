@@ -18,12 +18,18 @@ METHODS = {
     "mcnetv2": ("train_mcnetv2_ACDC", ["--model", "mcnet"]),
     "incl": ("train_incl_ACDC", []),
     "diffrect": ("train_diffrect_ACDC", []),
+    # the methods compared with since (BCP and ABD pre-train for --pretrain_iterations, a quarter of the run by
+    # default, inside --max_iterations)
+    "bcp": ("train_bcp_ACDC", []),
+    "abd": ("train_abd_ACDC", []),
+    "unimatch": ("train_unimatch_ACDC", []),
     # controls: FixMatch's batches (unlabeled slices pass through BatchNorm) without its unlabeled loss, and the
     # supervised script with every training label (the upper bound under the same budget)
     "supervised-lambda0": ("train_fixmatch_ACDC", ["--consistency", "0"]),
     "supervised-full": ("train_fully_supervised_ACDC", []),
 }
 BASELINES = ["supervised", "fixmatch", "uamt", "cps", "ict", "mcnetv2", "incl"]
+RECENT = ["bcp", "abd", "unimatch"]  # their own schedules and no ramp: no semi-supervised flags from a preset
 CONTROLS = ["supervised-lambda0", "supervised-full"]
 FULL_LABELS = {"ACDC": 140}  # --labelnum of supervised-full: every training slice (ACDC's table: 140 -> 1312)
 
@@ -93,8 +99,12 @@ _CPU = ("--patch_size", "128", "128", "--batch_size", "8", "--labeled_bs", "4", 
 
 PRESETS = {p.name: p for p in [
     Preset("paper-acdc", "the paper's ACDC table: every method at 1 / 3 / 7 labeled patients (1 / 5 / 10 %), "
-           "the controls supervised-lambda0 (at each budget) and supervised-full (all 70 patients)",
-           "data/ACDC", _runs(BASELINES + CONTROLS + ["diffrect"], (1, 3, 7), _PAPER, {"diffrect": _DIFFRECT_BATCH})),
+           "the controls supervised-lambda0 (at each budget) and supervised-full (all 70 patients); BCP and ABD at "
+           "their papers' 10 000 pre-training + 30 000 self-training iterations, UniMatch at 30 000 (its 300 epochs "
+           "over the unlabeled slices, 12 + 12 per step)",
+           "data/ACDC", _runs(BASELINES + CONTROLS + ["diffrect"], (1, 3, 7), _PAPER, {"diffrect": _DIFFRECT_BATCH})
+           + _runs(["bcp", "abd"], (1, 3, 7), _replace(_PAPER, "--max_iterations", "40000"))
+           + _runs(["unimatch"], (1, 3, 7), _PAPER)),
     # (MS-CMRSEG19 and Prostate have no all-labels entry in their tables, so no supervised-full there)
     Preset("paper-mscmr", "MS-CMRSEG19 LGE, 7 labeled patients (20 %), both splits averaged; control "
            "supervised-lambda0",
@@ -118,11 +128,13 @@ PRESETS = {p.name: p for p in [
                                "diffrect-ts20": ["--ts", "20"], "diffrect-ts_sample5": ["--ts_sample", "5"]})),
     Preset("cpu-acdc", "the CPU protocol: every method on ACDC 5 % at 128², batch 8 (4), 1200 iterations, "
            "consistency ramp 8, DiffRect's rectification from iteration 400; DiffRect also at the authors' ramp 200; "
-           "controls supervised-lambda0 (FixMatch's batches, no unlabeled loss) and supervised-full (all labels)",
+           "controls supervised-lambda0 (FixMatch's batches, no unlabeled loss) and supervised-full (all labels); "
+           "BCP, ABD and UniMatch in the same 1200 iterations, BCP's and ABD's pre-training included (300 + 900, "
+           "their papers' 1 : 3), so the comparison is one of methods, not of budgets",
            "data/ACDC", _runs(BASELINES + CONTROLS + ["meanteacher", "diffrect", "diffrect-ramp200"], (3,), _CPU,
                               {"diffrect": ["--refine_start", "400"],
                                "diffrect-ramp200": ["--refine_start", "400", "--consistency_rampup", "200"]},
-                              semi=("--consistency_rampup", "8"))),
+                              semi=("--consistency_rampup", "8")) + _runs(RECENT, (3,), _CPU)),
     Preset("cpu-acdc-long", "does the CPU protocol's ranking survive a longer budget: FixMatch and DiffRect at "
            "3600 iterations (3x), the ramp (24) and DiffRect's rectification start (1200) scaled with it",
            "data/ACDC", _runs(["fixmatch", "diffrect"], (3,), _replace(_CPU, "--max_iterations", "3600"),

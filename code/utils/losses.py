@@ -1,4 +1,4 @@
-"""Loss terms shared by the training scripts (README, Method: Training iteration).
+"""Loss terms shared by the training scripts (docs/method.md, Training iteration).
 
 Shapes: logits (B, C, H, W); hard labels (B, H, W) long.
 """
@@ -7,15 +7,21 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dataloaders.components import largest_component_per_class
+
 SMOOTH = 1e-5  # the SSL4MIS Dice smoothing; also makes a class absent from both maps score 1
 
 
-def dice_loss(probs, target, num_classes=None):
+def dice_loss(probs, target, num_classes=None, mask=None):
     """Mean over all C classes (background included) of 1 - (2 sum pg + s) / (sum p^2 + sum g^2 + s),
-    pooled over the batch. probs (B, C, H, W) in [0, 1]; target (B, H, W) long."""
+    pooled over the batch. probs (B, C, H, W) in [0, 1]; target (B, H, W) long; mask (B, H, W) in {0, 1} or
+    None: the sums run over the pixels it covers only (p and g are multiplied by it)."""
     c = probs.shape[1] if num_classes is None else num_classes
     probs = probs.float()  # sums over many pixels: fp32 even under --amp
     g = F.one_hot(target, c).permute(0, 3, 1, 2).to(probs.dtype)
+    if mask is not None:
+        m = mask.to(probs.dtype).unsqueeze(1)
+        probs, g = probs * m, g * m
     dims = (0, 2, 3)
     inter = (probs * g).sum(dims)
     union = (probs * probs).sum(dims) + g.sum(dims)
@@ -27,6 +33,19 @@ def seg_loss(logits, target):
     return F.cross_entropy(logits, target) + dice_loss(logits.softmax(1), target)
 
 
+def masked_cross_entropy(logits, target, mask):
+    """sum over the pixels `mask` (B, H, W) covers of their cross-entropy, divided by all B*H*W pixels (so the
+    terms of complementary masks add up to the plain mean): a pixel-wise loss map times a mask, averaged."""
+    ce = F.cross_entropy(logits, target, reduction="none")  # (B, H, W)
+    return (ce * mask.to(ce.dtype)).mean()
+
+
+def masked_seg_loss(logits, target, mask):
+    """CE + Dice restricted to a region, L_seg(Q, Y) ⊙ M in BCP's notation: mask (B, H, W) in {0, 1}; an all-ones
+    mask gives seg_loss."""
+    return masked_cross_entropy(logits, target, mask) + dice_loss(logits.softmax(1), target, mask=mask)
+
+
 @torch.no_grad()
 def masked_pseudo_label(logits, thresh):
     """Confidence-masked pseudo label: class c survives where (p_c - min_k p_k) / max_k p_k > thresh;
@@ -35,6 +54,14 @@ def masked_pseudo_label(logits, thresh):
     pmin, pmax = p.min(1, keepdim=True).values, p.max(1, keepdim=True).values
     mask = (p - pmin) / pmax > thresh
     return (p * mask).max(1).indices  # = argmax (first maximum on ties); argmax(1) is ~13x slower on CPU
+
+
+@torch.no_grad()
+def largest_component_labels(labels, num_classes):
+    """BCP's pseudo-label post-processing: in each (H, W) map of labels (B, H, W) every foreground class keeps
+    only its largest 4-connected component; the pixels of its other components become background."""
+    kept = largest_component_per_class(labels.cpu().numpy(), num_classes)
+    return torch.from_numpy(kept).to(labels.device)
 
 
 def spatial_certainty(logits):
@@ -53,7 +80,7 @@ def complementary_loss(logits_s, logits_w):
 
 
 def fixmatch_losses(logits_weak, logits_strong, label_lab, weight, conf_thresh):
-    """Paper eq. 3, L_Semi^Seg (README, Method: Training iteration, step 1), shared by FixMatch and DiffRect.
+    """Paper eq. 3, L_Semi^Seg (docs/method.md, Training iteration, step 1), shared by FixMatch and DiffRect.
 
     logits_* (B, C, H, W) for the whole batch, labeled part first; label_lab (B_l, H, W).
     Returns (total loss, dict of named terms, weak pseudo labels, strong pseudo labels) — labels (B, H, W).
