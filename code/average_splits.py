@@ -1,4 +1,4 @@
-"""Average the val results of the two train/val splits (MS-CMRSEG19, Task05 Prostate; README, Method: Data).
+"""Average the val results of the two train/val splits (MS-CMRSEG19, Task05 Prostate; docs/datasets.md).
 
     python code/test_ACDC.py --root_path data/MSCMR/split1 --exp MSCMR_split1/DiffRect --labelnum 7 --split val
     python code/test_ACDC.py --root_path data/MSCMR/split2 --exp MSCMR_split2/DiffRect --labelnum 7 --split val
@@ -11,6 +11,8 @@ also writes them as JSON.
 import argparse
 import json
 import sys
+
+from utils.safe_write import write_text
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 
@@ -55,10 +57,11 @@ def main(argv=None):
             scale = 100.0 if m in ("dice", "jaccard") else 1.0
             print(f"{row:<6} {m:<8} " + "  ".join(f"{v * scale:8.2f}" for v in vals))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"summaries": args.summaries, "rows": rows}, f, indent=2)
+        write_text(args.out, lambda f: json.dump({"summaries": args.summaries, "rows": rows}, f, indent=2), "--out")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    from utils.config import run_main
+
+    run_main(main)

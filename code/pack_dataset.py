@@ -22,6 +22,7 @@ import numpy as np
 
 from dataloaders.layout import atomic_folder, write_h5
 from utils.config import UsageError, run_main
+from utils.safe_write import write_file, write_text
 
 META_SUFFIXES = (".list", ".json")  # the folder's own small files, packed verbatim
 
@@ -68,10 +69,7 @@ def pack(root, out):
     meta = {p.name: p.read_text() for p in sorted(root.iterdir()) if p.is_file() and p.suffix in META_SUFFIXES}
     arrays["index"] = np.frombuffer(json.dumps({"files": index, "meta": meta}).encode(), dtype=np.uint8)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, out)  # never a half-written pack under the final name
+    write_file(out, lambda tmp: np.savez_compressed(tmp, **arrays), where="--out")  # never a half-written pack
     return {"files": len(index), "meta": sorted(meta), "bytes": out.stat().st_size}
 
 
@@ -85,15 +83,15 @@ def unpack(packed, root, overwrite=False):
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"--packed {packed}: not a file written by pack_dataset.py ({e})") from None
     try:
-        with atomic_folder(root, overwrite) as tmp:
+        with atomic_folder(root, overwrite, "--root_path") as tmp:
             for name, text in index["meta"].items():
-                (tmp / name).write_text(text)
+                write_text(tmp / name, lambda f: f.write(text), "--root_path")
             for i, entry in enumerate(index["files"]):
                 path = tmp / entry["path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 attrs = entry.get("attrs", {"spacing": entry.get("spacing")})  # packs of older versions: spacing
                 label = z[f"l{i}"] if f"l{i}" in z.files else None
-                write_h5(path, dequantize(z[f"i{i}"], z[f"r{i}"]), label, attrs=attrs)
+                write_h5(path, dequantize(z[f"i{i}"], z[f"r{i}"]), label, attrs=attrs, where="--root_path")
     except ValueError as e:  # an existing folder without --overwrite
         raise UsageError(f"--root_path {root}: {e}") from None
     return {"files": len(index["files"]), "meta": sorted(index["meta"])}

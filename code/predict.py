@@ -1,5 +1,5 @@
 """Segment new scans with a trained checkpoint: volumes (NIfTI, .nrrd, .mha; slice by slice) or 2-D images in,
-masks out (README: Segment new scans).
+masks out (README, Segment new scans).
 
     python code/predict.py --checkpoint model/ACDC/DiffRect_3_labeled/unet/unet_best_model.pth \
         --input ~/scans --output ~/masks                    # a folder, or one file
@@ -12,13 +12,13 @@ class colours of the training figures). Every slice goes through the same path a
 patch, network, probabilities resampled back to the native size, argmax). --tta averages the probabilities of
 the four flips of each slice; --save_probabilities writes <name>_probabilities.npz (float32 (C, D, H, W), the
 class names). All inputs are read and checked before anything is written: a bad one stops with one line naming
-it, and every file written is complete (temporary name, then rename).
+it, and every file written is complete (temporary name, checked, then renamed; a failed write, e.g. onto a full
+disk, is one line and leaves the previous file).
 """
 import argparse
 import os
 
 import numpy as np
-from tqdm import tqdm
 
 from dataloaders.dataset import DataError
 from dataloaders.image_io import IMAGE_ENDINGS, VOLUME_ENDINGS, file_ending, output_name, read_image, strip_ending, \
@@ -27,6 +27,8 @@ from dataloaders.intensity import normalize
 from networks.semantic_coloring import palette as class_palette
 from utils.config import HelpFormatter, UsageError, run_main, select_device
 from utils.evaluation import load_segmenter, predict_volume
+from utils.progress import progress
+from utils.safe_write import write_file
 
 
 def parse_args(argv):
@@ -65,13 +67,8 @@ def list_inputs(path, with_probabilities=False):
 
 
 def write_probabilities(path, probs, class_names):
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        np.savez_compressed(tmp, probabilities=probs, class_names=np.array(class_names))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_file(path, lambda tmp: np.savez_compressed(tmp, probabilities=probs, class_names=np.array(class_names)),
+               where="--output")
 
 
 def main(argv=None):
@@ -87,7 +84,7 @@ def main(argv=None):
     clash = [f for f in files if same(os.path.join(args.output, output_name(f)), f)]
     if clash:
         raise UsageError(f"--output {args.output}: the mask of {clash[0]} would overwrite it; choose another folder")
-    for f in tqdm(files, desc="checking inputs", ncols=80, disable=len(files) < 2):
+    for f in progress(files, "checking inputs", disable=len(files) < 2):
         read_image(f, args.channel)  # every input is readable and of a usable shape before anything is written
     try:
         os.makedirs(args.output, exist_ok=True)
@@ -95,14 +92,14 @@ def main(argv=None):
         raise UsageError(f"--output {args.output}: cannot be created ({e.strerror})") from None
     colours = np.round(class_palette(len(class_names)).numpy() * 255).astype(np.uint8).ravel().tolist()
     written = []
-    for f in tqdm(files, desc="predicting", ncols=80):
+    for f in progress(files, "predicting"):
         raw, geometry = read_image(f, args.channel)  # (D, H, W)
         image = normalize(raw, normalization)
         result = predict_volume(model, image, ckpt["patch_size"], device, args.batch_size, args.tta,
                                 with_probabilities=args.save_probabilities)
         pred, probs = result if args.save_probabilities else (result, None)
         out = os.path.join(args.output, output_name(f))
-        write_like(out, pred, geometry, palette=None if geometry.volume_file else colours)
+        write_like(out, pred, geometry, palette=None if geometry.volume_file else colours, where="--output")
         if args.save_probabilities:
             write_probabilities(os.path.join(args.output, strip_ending(f) + "_probabilities.npz"), probs, class_names)
         written.append(out)

@@ -1,4 +1,5 @@
-"""Prepare a dataset into the SSL4MIS layout that training and test_ACDC.py read (README: Data, Your own data).
+"""Prepare a dataset into the SSL4MIS layout that training and test_ACDC.py read (docs/datasets.md; README,
+Train on your own data).
 
 The paper's datasets, from their official downloads (NIfTI):
     python code/prepare_data.py acdc --input ~/ACDC/database --split_lists ~/SSL4MIS/data/ACDC   # SSL4MIS split
@@ -28,7 +29,6 @@ import os
 from collections import OrderedDict
 
 import numpy as np
-from tqdm import tqdm
 
 from dataloaders.dataset import DataError
 from dataloaders.datasets import DATASETS
@@ -37,6 +37,8 @@ from dataloaders.intensity import SCHEMES, ct_window, default_scheme, foreground
 from dataloaders.official_sources import CLASS_NAMES, FINDERS, load_case
 from dataloaders.own_data import Volume, find_folder, find_nnunet, load_own_case, read_nnunet_description, to_volume
 from utils.config import PROJECT_ROOT, HelpFormatter, UsageError
+from utils.safe_write import write_text
+from utils.progress import progress
 
 OUTPUT_NAMES = {"acdc": "ACDC", "mscmr": "MSCMR", "prostate": "Prostate"}
 OWN_FORMATS = ("nnunet", "folder")
@@ -149,7 +151,7 @@ def write_dataset(out, desc, split, slice_order, volumes):
     for s, vols in split.items():
         for v in vols:
             vol = volumes[v]
-            write_h5(os.path.join(out, "data", f"{v}.h5"), vol.image, vol.label, vol.spacing, vol.attrs)
+            write_h5(os.path.join(out, "data", f"{v}.h5"), vol.image, vol.label, vol.spacing, vol.attrs, "--output")
     slices = slice_order or [f"{v}_slice_{k + 1}" for v in split["train"] for k in range(volumes[v].image.shape[0])]
     for sid in slices:
         v, k = sid.rsplit("_slice_", 1)
@@ -164,16 +166,15 @@ def write_dataset(out, desc, split, slice_order, volumes):
 def write_index(out, desc, split, slices):
     """The folder's lists (<split>.list, train_slices.list) and its dataset.json."""
     for s, names in split.items():
-        write_list(os.path.join(out, f"{s}.list"), names)
-    write_list(os.path.join(out, "train_slices.list"), slices)
-    with open(os.path.join(out, "dataset.json"), "w") as f:
-        json.dump(desc, f, indent=2)
+        write_list(os.path.join(out, f"{s}.list"), names, "--output")
+    write_list(os.path.join(out, "train_slices.list"), slices, "--output")
+    write_text(os.path.join(out, "dataset.json"), lambda f: json.dump(desc, f, indent=2), "--output")
 
 
 def write_slice(out, sid, vol, z):
     """data/slices/<sid>.h5: slice z of a Volume (no 'label' when the volume has none: an unlabeled slice)."""
     write_h5(os.path.join(out, "data", "slices", f"{sid}.h5"), vol.image[z],
-             None if vol.label is None else vol.label[z], vol.spacing[1:])
+             None if vol.label is None else vol.label[z], vol.spacing[1:], where="--output")
 
 
 def description(name, class_names, table, normalization=None, **extra):
@@ -259,7 +260,7 @@ def prepare_own(args):
     # pass 1: read and check every case, keeping only its depth, top label and (ct) a sample of its foreground,
     # so that a large CT dataset never sits in memory whole
     depths, tops, samples, present = {}, {}, [], set()
-    for i, c in enumerate(tqdm(cases, desc=f"checking {args.dataset}", ncols=80)):
+    for i, c in enumerate(progress(cases, f"checking {args.dataset}")):
         raw, label, _ = load_own_case(c, values, colours)
         depths[c.name] = raw.shape[0]
         if label is not None:
@@ -289,11 +290,12 @@ def prepare_own(args):
                        {s: len(v) for s, v in split.items() if s != "train"})
     train = set(split["train"])
     # pass 2: one case at a time, normalised and written (volume file, and slice files for the training cases)
-    with atomic_folder(args.output, args.overwrite) as tmp:
+    with atomic_folder(args.output, args.overwrite, "--output") as tmp:
         os.makedirs(os.path.join(tmp, "data", "slices"))
-        for c in tqdm(cases, desc="writing", ncols=80):
+        for c in progress(cases, "writing"):
             vol = to_volume(*load_own_case(c, values, colours), normalization)
-            write_h5(os.path.join(tmp, "data", f"{c.name}.h5"), vol.image, vol.label, vol.spacing, vol.attrs)
+            write_h5(os.path.join(tmp, "data", f"{c.name}.h5"), vol.image, vol.label, vol.spacing, vol.attrs,
+                     "--output")
             for z in range(vol.image.shape[0]) if c.name in train else ():
                 write_slice(str(tmp), f"{c.name}_slice_{z + 1}", vol, z)
         slices = [f"{v}_slice_{k + 1}" for v in split["train"] for k in range(depths[v])]
@@ -319,7 +321,7 @@ def main(argv=None):
         raise DataError(f"--input {args.input}: no {args.dataset} cases found in the official folder structure "
                         f"(see the header of code/prepare_data.py)")
     arrays = {c.volume: Volume(*load_case(c, args.dataset), {})
-              for c in tqdm(cases, desc=f"reading {args.dataset}", ncols=80)}
+              for c in progress(cases, f"reading {args.dataset}")}
     patient_of = {c.volume: c.patient for c in cases}
     patients = sorted(set(patient_of.values()))
     depths = {v: a.image.shape[0] for v, a in arrays.items()}
@@ -345,10 +347,10 @@ def main(argv=None):
             split = {s: volumes_of(p) for s, p in parts.items()}
             folders[f"split{k}"] = (f"{OUTPUT_NAMES[args.dataset]}_split{k}", split, None,
                                     labeled_table(split["train"], depths, patient_of))
-    with atomic_folder(args.output, args.overwrite) as tmp:
+    with atomic_folder(args.output, args.overwrite, "--output") as tmp:
         n_slices = {rel: write_dataset(os.path.join(tmp, rel), description(name, CLASS_NAMES[args.dataset], table),
                                        split, slices, arrays)
-                    for rel, (name, split, slices, table) in tqdm(folders.items(), desc="writing", ncols=80)}
+                    for rel, (name, split, slices, table) in progress(folders.items(), "writing")}
     counts = np.zeros(len(CLASS_NAMES[args.dataset]), dtype=np.int64)
     for vol in arrays.values():
         counts += np.bincount(vol.label.ravel(), minlength=len(counts))

@@ -1,4 +1,4 @@
-"""Evaluate a trained segmentation checkpoint on val and/or test volumes (README, Method: Evaluation).
+"""Evaluate a trained segmentation checkpoint on val and/or test volumes (docs/method.md, Evaluation).
 
 Prints a per-class + mean table (Dice, Jaccard, HD95, ASD), writes `{split}_per_case.csv` and
 `{split}_summary.json` next to the checkpoint, and on request NIfTI predictions and PNG overlays.
@@ -67,7 +67,6 @@ def write_nifti(out_dir, name, image, label, pred, geometry_attrs, normalization
     """{name}_img / _pred / _gt.nii.gz placed as the source scan (spacing, origin, direction from the h5
     attributes that prepare_data.py keeps), so a viewer lays them over it; the image in the source's own
     intensities when a min-max normalisation can be undone (its intensity_range is known), else as trained on."""
-    os.makedirs(out_dir, exist_ok=True)
     geometry = geometry_from_attrs(geometry_attrs, len(image))
     lo_hi = geometry_attrs.get("intensity_range")
     if lo_hi and normalization.get("scheme", "minmax") == "minmax":
@@ -95,7 +94,8 @@ def main(argv=None):
                 raise UsageError(f"--use_spacing: {volumes.paths[i]} has no 'spacing' attribute, so distances would be "
                                  f"in voxels; drop --use_spacing or re-prepare the data with its spacing")
     summary, cases = evaluate(model, volumes, ckpt["patch_size"], device, info.num_classes, info.class_names,
-                              args.batch_size, args.use_spacing, keep_predictions=args.save_nifti or args.overlays > 0)
+                              args.batch_size, args.use_spacing, keep_predictions=args.save_nifti or args.overlays > 0,
+                              progress_desc=f"scoring {args.split}")
 
     out = os.path.dirname(os.path.abspath(path))
     print(f"{args.split}: {len(cases)} cases, checkpoint {path} (iteration {ckpt['iteration']})")
@@ -116,8 +116,7 @@ def main(argv=None):
             if args.save_nifti:
                 write_nifti(os.path.join(out, f"{prefix}predictions_{args.split}"), c["name"], image, label,
                             c["prediction"], read_geometry(volumes.paths[i]), info.normalization)
-            if i < args.overlays:
-                os.makedirs(overlay_dir, exist_ok=True)
+            if i < args.overlays:  # (the writes make their folders)
                 write_overlays(overlay_dir, c["name"], image, label, c["prediction"], info.class_names)
     print(f"wrote {prefix}{args.split}_per_case.csv and {prefix}{args.split}_summary.json to {out}")
     return summary

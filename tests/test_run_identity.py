@@ -22,7 +22,7 @@ import train_fully_supervised_ACDC
 from conftest import TEST_GPU
 from dataloaders.dataset import DataError
 from utils import checkpoint as ckpt_mod
-from utils.errors import CheckpointError, TooManyNonFinite, UsageError
+from utils.errors import TooManyNonFinite, UsageError, WriteError
 from utils.run_folder import RESUMABLE_FLAGS
 from utils.trainer import TrainingRun
 
@@ -229,7 +229,7 @@ def test_test_acdc_faults(tiny_root, finished, monkeypatch):
     real_open = open
 
     def full_disk(path, mode="r", *a, **k):
-        if str(path).endswith(".tmp") and "w" in mode:
+        if os.path.basename(str(path)).startswith(".tmp-") and "w" in mode:  # write_file's temporary file
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, mode, *a, **k)
 
@@ -239,20 +239,22 @@ def test_test_acdc_faults(tiny_root, finished, monkeypatch):
         os.unlink(csv_path)
     with pytest.raises(UsageError, match="cannot be written \\(No space left on device\\)"):
         test_ACDC.main(["--checkpoint", ckpt, "--root_path", tiny_root, "--gpu", TEST_GPU])
-    assert not os.path.exists(csv_path) and not os.path.exists(csv_path + ".tmp")
+    assert not os.path.exists(csv_path) and not [f for f in os.listdir(finished) if f.startswith(".tmp-")]
 
 
 def test_checkpoint_writes_fail_cleanly_and_follow_the_umask(tmp_path, monkeypatch):
     path = str(tmp_path / "c.pth")
     ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "v": 1}, path)
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    assert mode == 0o666 & ~ckpt_mod._umask()
+    mode, umask = stat.S_IMODE(os.stat(path).st_mode), os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
 
     def no_space(obj, f):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.torch, "save", no_space)
-    with pytest.raises(CheckpointError, match="writing failed \\(No space left on device\\).*previous file is intact"):
+    with pytest.raises(WriteError, match="c.pth: cannot be written \\(No space left on device\\); free disk space "
+                                         "and run again \\(the previous file is intact\\)"):
         ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "v": 2}, path)
     monkeypatch.undo()
     assert ckpt_mod.load_checkpoint(path)["v"] == 1
@@ -310,3 +312,19 @@ def test_a_command_that_trains_nothing_leaves_config_json(finished, tiny_root):
     train_fully_supervised_ACDC.main(_sup(tiny_root, finished, iters=3))  # "nothing to do"
     with open(os.path.join(finished, "config.json")) as f:
         assert f.read() == config and json.loads(config)["max_iterations"] == 6
+
+
+def test_a_snapshot_folder_removed_while_training_is_not_recreated(tiny_root, tmp_path, monkeypatch):
+    import shutil
+
+    snap = str(tmp_path / "run")
+    validate = TrainingRun._validate
+
+    def remove_then_validate(self, *args, **kwargs):
+        shutil.rmtree(self.snapshot)  # e.g. a user cleaning up model/ while the run trains
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingRun, "_validate", remove_then_validate)
+    with pytest.raises(UsageError, match="the snapshot folder was removed or replaced while this run trained"):
+        train_fully_supervised_ACDC.main(_sup(tiny_root, snap))
+    assert not os.path.exists(snap)

@@ -1,4 +1,4 @@
-"""h5 datasets in the SSL4MIS layout (README, Method: Data): training slices and evaluation volumes.
+"""h5 datasets in the SSL4MIS layout (docs/datasets.md, The prepared layout): training slices and evaluation volumes.
 
 Every file is checked when it is read (datasets present, 2-D/3-D shapes agree, finite image, labels in
 [0, num_classes)); a bad file raises DataError naming it. Training slices are read once, resized to the
@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from dataloaders.augmentation import make_views, resize_pair
 from dataloaders.layout import read_ids
 from dataloaders.random_streams import stream_rng
+from utils.errors import one_line
 
 
 RANGE_TOL = 1e-5  # float32 min-max normalisation can land a hair outside [0, 1]
@@ -54,7 +55,7 @@ def read_case(path, num_classes, ndim, need_label=True):
     except DataError:
         raise
     except (OSError, KeyError, RuntimeError) as e:  # h5py reports truncation/corruption as OSError
-        raise DataError(f"{path}: unreadable h5 file ({str(e).splitlines()[0]}); re-create or remove it")
+        raise DataError(f"{path}: unreadable h5 file ({one_line(e)}); re-create or remove it")
     if image.ndim != ndim or (label is not None and image.shape != label.shape):
         shapes = f"image {image.shape}" + ("" if label is None else f" and label {label.shape}")
         raise DataError(f"{path}: {shapes} must {'be' if label is None else 'both be'} {ndim}-D"

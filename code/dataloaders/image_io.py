@@ -3,8 +3,9 @@
 Volumes: NIfTI and the other formats SimpleITK reads (.nii.gz, .nii, .nrrd, .mha). 2-D images: PNG, JPEG, TIFF,
 BMP through Pillow. A file becomes a (D, H, W) array (a 2-D image or 2-D NIfTI: D = 1) plus a Geometry, which is
 what it takes to write a result back in the source's own placement: ITK's spacing, origin and direction (a
-viewer then lays the mask over the scan), or just the size for a picture. Anything unusable raises DataError
-naming the file; writes go to a temporary neighbour first, so no half-written output is ever left.
+viewer then lays the mask over the scan), or just the size for a picture. Anything unusable (NaN or infinite
+voxels included) raises DataError naming the file; writes go through utils/safe_write.py, so no half-written
+output is ever left.
 """
 import gzip
 import os
@@ -13,11 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataloaders.dataset import DataError
+from utils.errors import one_line
+from utils.safe_write import write_file
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 IMAGE_ENDINGS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 LOSSY_ENDINGS = (".jpg", ".jpeg", ".bmp")  # a mask of such an image is written as .png (lossless, 8-bit)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's "L" conversion, kept in float
+NON_FINITE = "{path}: has NaN or infinite values; replace them (e.g. by the background intensity) and run again"
 
 
 def file_ending(path):
@@ -78,22 +82,40 @@ def _nifti_bytes(reader):
 
 
 def read_itk(path):
-    """-> (SimpleITK image, array with ITK's reversed axes); DataError for an unreadable or truncated file."""
+    """-> (SimpleITK image, array with ITK's reversed axes); DataError for an unreadable, truncated or non-finite
+    file."""
     import SimpleITK as sitk
 
+    nifti = path.lower().endswith((".nii", ".nii.gz"))
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(path)
         img = reader.Execute()
         array = sitk.GetArrayFromImage(img)
         # ITK zero-fills a truncated NIfTI without a word, so its size is checked against its header
-        complete = not path.lower().endswith((".nii", ".nii.gz")) or _stored_bytes(path) >= _nifti_bytes(reader)
+        complete = not nifti or _stored_bytes(path) >= _nifti_bytes(reader)
     except (RuntimeError, OSError, EOFError) as e:
-        why = str(e).strip().splitlines()[-1][:120]
-        raise DataError(f"{path}: cannot read it ({why}); is it a complete image file?")
+        raise DataError(f"{path}: cannot read it ({one_line(e, last=True)}); is it a complete image file?")
     if not complete:
         raise DataError(f"{path}: the file is truncated; copy or download it again")
+    if nifti and not _nifti_stored_finite(path):
+        raise DataError(NON_FINITE.format(path=path))
     return img, array
+
+
+def _nifti_stored_finite(path):
+    """Whether a NIfTI file's stored voxels are all finite. ITK's NIfTI reader (niftilib's nifti_read_buffer)
+    sets every NaN and infinite float voxel to 0 as it reads, so its array cannot tell; nibabel reads the values
+    as stored (with scl_slope / scl_inter applied). Integer data has no such values."""
+    import nibabel
+
+    try:
+        image = nibabel.load(path)
+        if image.get_data_dtype().kind not in "fc":
+            return True
+        return bool(np.isfinite(np.asanyarray(image.dataobj)).all())
+    except Exception as e:  # ITK read the file, so this is rare; whatever nibabel stumbles on, one line
+        raise DataError(f"{path}: cannot read its voxel values ({one_line(e)}); is it a complete NIfTI file?")
 
 
 def _pick_channel(path, channels, channel):
@@ -139,7 +161,7 @@ def _read_picture(path, as_mask, rgb_mask=False):
     except DataError:
         raise
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"{path}: cannot read it as an image ({str(e).splitlines()[0][:120]})")
+        raise DataError(f"{path}: cannot read it as an image ({one_line(e)})")
     if array.ndim == 3:  # RGB(A), LA: drop alpha; an image becomes grey, a mask keeps its colours
         array = array[..., :1] if array.shape[-1] == 2 else array[..., :3]
         if array.shape[-1] == 1:
@@ -162,7 +184,7 @@ def read_image(path, channel=None):
         raise DataError(f"{path}: pixel type {array.dtype} is not numeric")
     array = array.astype(np.float32)
     if not np.isfinite(array).all():
-        raise DataError(f"{path}: has NaN or infinite values")
+        raise DataError(NON_FINITE.format(path=path))
     return array, geometry
 
 
@@ -174,6 +196,8 @@ def read_mask(path, colours=None):
         raise DataError(f"{path}: not a readable mask file (found: {os.path.isfile(path)})")
     rgb = colours is not None and len(colours[0]) == 3
     array, geometry = _read_volume(path, None) if e in VOLUME_ENDINGS else _read_picture(path, True, rgb)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise DataError(NON_FINITE.format(path=path))
     if colours is None:
         if array.ndim == 4:
             raise DataError(f"{path}: a colour mask; give the colour of each class with --classes NAME=R,G,B ...")
@@ -211,26 +235,24 @@ def itk_image(array, geometry):
     return img
 
 
-def write_like(path, array, geometry, palette=None):
-    """Write a (D, H, W) uint8 mask (or float image, volumes only) with the source's geometry, atomically.
-    palette: a flat [r, g, b, ...] list; a PNG mask is then a palette image (its pixel values stay the ids)."""
+def write_like(path, array, geometry, palette=None, where=None):
+    """Write a (D, H, W) uint8 mask (or float image, volumes only) with the source's geometry, through write_file;
+    a volume is read back before it replaces anything (SimpleITK's NIfTI writer does not report a failed write).
+    palette: a flat [r, g, b, ...] list; a PNG mask is then a palette image (its pixel values stay the ids).
+    where: the flag that chose the folder, named in a failed write's fix."""
     import SimpleITK as sitk
     from PIL import Image
 
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")  # same ending: the writer picks the format by it
-    try:
-        if file_ending(path) in VOLUME_ENDINGS:
-            sitk.WriteImage(itk_image(array, geometry), tmp, useCompression=True)
-        else:
-            picture = Image.fromarray(np.ascontiguousarray(array[0]))
-            if palette is not None and file_ending(path) == ".png":
-                picture.putpalette(palette + [0] * (768 - len(palette)))  # 'L' -> 'P': the values become indices
-            picture.save(tmp, format=_PIL_FORMATS[file_ending(path)])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    ending = file_ending(path)
+    if ending in VOLUME_ENDINGS:
+        write_file(path, lambda tmp: sitk.WriteImage(itk_image(array, geometry), tmp, useCompression=True),
+                   check=lambda tmp: read_itk(tmp)[1].shape == (array.shape if geometry.ndim == 3 else array.shape[1:]),
+                   where=where)
+        return
+    picture = Image.fromarray(np.ascontiguousarray(array[0]))
+    if palette is not None and ending == ".png":
+        picture.putpalette(palette + [0] * (768 - len(palette)))  # 'L' -> 'P': the values become indices
+    write_file(path, lambda tmp: picture.save(tmp, format=_PIL_FORMATS[ending]), where=where)
 
 
 _PIL_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}

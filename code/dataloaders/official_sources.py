@@ -1,7 +1,7 @@
 """The official downloads of the paper's three datasets: finding their cases and reading them (NIfTI).
 
 Each reader returns, per case, the image as float32 (D, H, W) min-max normalised to [0, 1] as a whole volume,
-the label as uint8 (D, H, W) remapped to our contiguous ids (README, Method: Data), and the voxel spacing in mm in the same
+the label as uint8 (D, H, W) remapped to our contiguous ids (docs/datasets.md), and the voxel spacing in mm in the same
 (D, H, W) axis order. Anything unusable raises DataError naming the case and the fix.
 NIfTI is read with SimpleITK, which test_ACDC.py also uses to write its NIfTI outputs.
 """
@@ -15,6 +15,7 @@ import numpy as np
 from dataloaders.dataset import DataError
 from dataloaders.image_io import read_itk
 from dataloaders.intensity import normalize
+from utils.errors import one_line
 
 # official label code -> our id. ACDC and Task05 are already contiguous; MS-CMRSEG19 uses 200/500/600.
 LABEL_MAPS = {
@@ -84,7 +85,8 @@ def _read(path, case):
     try:
         img, array = read_itk(path)
     except DataError as e:
-        raise DataError(f"case {case}: cannot read {path} ({str(e).split(': ', 1)[1]}); re-download it") from None
+        why = str(e).partition(f"{path}: ")[2] or one_line(e)  # the reason without the path, named here
+        raise DataError(f"case {case}: cannot read {path} ({why}); re-download it") from None
     return array, tuple(float(s) for s in img.GetSpacing())
 
 

@@ -86,7 +86,7 @@ def consistency_flags(parser, title):
 
 
 def semi_supervised_flags(parser):
-    """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (README, Method: Training iteration)."""
+    """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (docs/method.md, Training iteration)."""
     g = consistency_flags(parser, "semi-supervised segmentation step")
     g.add_argument("--conf_thresh", type=float, default=0.8, help="confidence mask threshold of pseudo labels")
     return parser
@@ -151,12 +151,12 @@ def select_device(gpu, log=print):
 def add_channels_last_flag(parser, default):
     parser.add_argument("--channels_last", type=int, default=default, choices=[-1, 0, 1],
                         help="evaluation network layout: 1 channels_last (NHWC); 0 NCHW; -1 NHWC on a CPU only "
-                        "(1.2-1.8x faster there, the same scores; README, Speed)")
+                        "(1.2-1.8x faster there, the same scores; docs/speed.md)")
 
 
 def memory_format(channels_last, device):
     """--channels_last -> the evaluation network's memory format: 1 NHWC, 0 NCHW, -1 NHWC on a CPU only, where
-    oneDNN's NHWC forward kernels are faster (README, Speed; unmeasured on GPUs, so NCHW there). Training stays
+    oneDNN's NHWC forward kernels are faster (docs/speed.md; unmeasured on GPUs, so NCHW there). Training stays
     NCHW: NHWC weight gradients on a CPU strayed from fp64 by up to 40 % in a U-Net test where NCHW's kept 1e-5."""
     on = device.type == "cpu" if channels_last < 0 else bool(channels_last)
     return torch.channels_last if on else torch.contiguous_format
@@ -175,8 +175,17 @@ def run_main(main_fn, argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
     except RunInterrupted as e:
+        _ignore_further_signals()  # a second Ctrl-C during the exit would end in a traceback from atexit handlers
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
+        _ignore_further_signals()
         print("interrupted: stopped at once (second Ctrl-C); last.pth holds the last checkpoint", file=sys.stderr)
         sys.exit(130)
+
+
+def _ignore_further_signals():
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)

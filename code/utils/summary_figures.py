@@ -44,7 +44,9 @@ def _runs(n):
 
 
 def _save(fig, path):
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    from utils.safe_write import write_file
+
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=90, bbox_inches="tight"))
 
 
 def curves_figure(ax, attempts, labelnum, palette):

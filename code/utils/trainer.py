@@ -53,7 +53,7 @@ from utils.distributed import DistributedNet, all_ranks_true, distributed_env, i
     replicas_differ
 from utils.errors import CheckpointError, NonFiniteLoss, RunInterrupted, TooManyNonFinite, UsageError
 from utils.evaluation import evaluate
-from utils.progress import TermsLog, plot_progress, write_csv
+from utils.progress import TermsLog, on_terminal, plot_progress, write_csv
 from utils.provenance import code_provenance, data_fingerprint, machine_info
 from utils.ramps import poly_lr
 from utils.run_folder import FolderLock, check_same_run
@@ -330,6 +330,7 @@ class TrainingRun:
             atomic_write_text(os.path.join(self.snapshot, "config.json"),
                               lambda f: json.dump(vars(a), f, indent=2, sort_keys=True))
             log.info("config: " + json.dumps(vars(a), sort_keys=True))
+            self._folder_id = os.stat(self.snapshot).st_ino  # (a save checks the folder is still this one)
         # this invocation's provenance: one segment per invocation, so a run resumed elsewhere shows both
         segment = {**code_provenance(a.script), "machine": machine_info(), "data_fingerprint": a.data_fingerprint,
                    "start_iteration": start, "end_iteration": start, "seconds": 0.0,
@@ -348,6 +349,7 @@ class TrainingRun:
             st["iteration"] = iteration
             self._provenance_at(iteration)
             if self.is_main:
+                self._check_folder()
                 atomic_write_text(os.path.join(self.snapshot, "provenance.json"),
                                   lambda f: json.dump(st["provenance"], f, indent=2))
                 atomic_save({"format": FORMAT, "kind": "last", "iteration": iteration, "best": st["best"],
@@ -363,8 +365,10 @@ class TrainingRun:
         in_a_row, timer = 0, [0.0, 0]
         stop_at = a.max_iterations if a.max_run_iterations is None else min(a.max_iterations,
                                                                               start + a.max_run_iterations)
+        # the bar on a terminal only: in a file its carriage-return frames pile up into one huge line; there
+        # the log line every --log_interval (which carries the position and time left) is the progress
         bar = tqdm(range(start, stop_at), initial=start, total=a.max_iterations, ncols=90, mininterval=2.0,
-                   disable=not self.is_main, file=sys.stderr)
+                   disable=not (self.is_main and on_terminal(sys.stderr)), file=sys.stderr)
         batches = iter(self.loader(start))
         for it in bar:
             t0 = time.perf_counter()
@@ -388,7 +392,8 @@ class TrainingRun:
             timer[0] += time.perf_counter() - t0
             timer[1] += 1
             if self.is_main and (it + 1) % a.log_interval == 0 and terms:
-                self._log_terms(it + 1, terms, optimizers[(poly or list(optimizers))[0]].param_groups[0]["lr"], timer)
+                self._log_terms(it + 1, terms, optimizers[(poly or list(optimizers))[0]].param_groups[0]["lr"], timer,
+                                a.max_iterations)
             self._validate_and_save(it + 1, stop_at, eval_model, models, st, save_last)
             if self._any_rank(stop.signal is not None):  # every rank stops after the same step
                 save_last(it + 1)
@@ -455,15 +460,17 @@ class TrainingRun:
     def _any_rank(self, flag):
         return not all_ranks_true(not flag, self.device) if self.distributed else flag
 
-    def _log_terms(self, iteration, terms, lr, timer):
+    def _log_terms(self, iteration, terms, lr, timer, total):
         values = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
         for k, v in values.items():
             self.writer.add_scalar(k, v, iteration)
         if lr is not None:
             self.writer.add_scalar("info/lr", lr, iteration)
         self.writer.add_scalar("info/sec_per_iter", timer[0] / timer[1], iteration)
+        left = int(round((total - iteration) * timer[0] / timer[1]))  # steps only: validation time comes on top
         self.logger.info(f"iteration {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-                         + f", {timer[0] / timer[1]:.3f} s/it")
+                         + f", {timer[0] / timer[1]:.3f} s/it, {iteration}/{total}, "
+                           f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} of steps left")
         self.terms_log.append(iteration, values)
         timer[:] = [0.0, 0]
 
@@ -487,6 +494,7 @@ class TrainingRun:
         """Score val, log it, extend the curve; save the best checkpoint on a new best mean Dice.
         -> (best, this validation's summary)."""
         a = self.args
+        self._check_folder()
         # --compile: validation runs eager (no recompiling for eval mode and every volume's slice count)
         with torch.compiler.set_stance("force_eager") if a.compile else contextlib.nullcontext():
             summary, _ = evaluate(eval_model, self.val_set, a.patch_size, self.device, self.num_classes,
@@ -505,6 +513,17 @@ class TrainingRun:
                          f"(best {100 * best['dice']:.2f} % at {best['iteration']})")
         self._write_curve(curve)
         return best, summary
+
+    def _check_folder(self):
+        """Stop when the snapshot folder was removed (or replaced) while the run trained: a save would recreate it
+        without its config, log and curve, and the run would look finished there."""
+        try:
+            same = os.stat(self.snapshot).st_ino == self._folder_id
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise UsageError(f"{self.snapshot}: the snapshot folder was removed or replaced while this run trained; "
+                             f"stopped without saving. Run the same command again to start the run anew")
 
     def _provenance_at(self, iteration):
         """-> the run's provenance segments, this invocation's brought up to `iteration` (utils/provenance.py)."""
@@ -532,10 +551,11 @@ class _StopOnSignal:
     KeyboardInterrupt at once. Handlers only in the main thread (elsewhere Python cannot install them)."""
 
     def __init__(self):
-        self.signal, self._old = None, {}
+        self.signal, self.forced, self._old = None, False, {}
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.signal is not None:
+            self.forced = True
             raise KeyboardInterrupt
         self.signal = signum
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.pth (Ctrl-C again: stop at "
@@ -547,9 +567,11 @@ class _StopOnSignal:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for s, h in self._old.items():
             signal.signal(s, h)
+        if self.forced and isinstance(exc, Exception):  # the second Ctrl-C landed in C code (torch's zip
+            raise KeyboardInterrupt from None           # writer), which raised an error of its own instead
 
 
 def _largest_magnitude(module):

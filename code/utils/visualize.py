@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from networks.semantic_coloring import palette  # noqa: E402
+from utils.safe_write import write_file  # noqa: E402
 
 PANEL_INCHES = 3.0  # each panel ≈ 300 px at the default 100 dpi, whatever the slice or patch size
 
@@ -47,8 +48,10 @@ def overlay_figure(path, case, image, label, pred, class_names, slices, dice=Non
             ax.axis("off")
     _legend(fig, class_names, colors)
     fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        write_file(path, fig.savefig)
+    finally:
+        plt.close(fig)
 
 
 def panel_grid(panels, titles, class_names):
