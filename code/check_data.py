@@ -1,4 +1,4 @@
-"""Validate a prepared dataset folder (SSL4MIS layout, README, Method: Data) and print every problem, case by case.
+"""Validate a prepared dataset folder (SSL4MIS layout, docs/datasets.md) and print every problem, case by case.
 
     python code/check_data.py --root_path data/ACDC
 

@@ -2,7 +2,7 @@
 Paper: Liu et al., "Latent Diffusion Label Rectification for Semi-supervised Medical Image Segmentation",
 MICCAI 2024. Specific flags: the rectifier group below (diffusion, guidance, ablations).
 
-One iteration (README, Method: Training iteration; eq. 13 with λ1 = w(t), λ2 = 1, then eq. 14):
+One iteration (docs/method.md, Training iteration; eq. 13 with λ1 = w(t), λ2 = 1, then eq. 14):
   1. L_Semi^Seg  θ on weak + strong views (the FixMatch step)                       -> SGD on θ
   2. W2G         rectifier maps θ's weak pseudo label towards the ground truth
   3. S2W         rectifier maps θ's strong pseudo label towards the weak one        -> one SGD on the rectifier
@@ -35,7 +35,7 @@ def parse_args(argv):
     g.add_argument("--cond_input", default="skip", choices=["skip", "input"],
                    help="skip: condition only through the top skip (reference); input: also into the down path")
     g.add_argument("--clip_latent", type=int, default=1, choices=[0, 1], help="clamp each sampled z0 to [-1, 1]")
-    g = p.add_argument_group("ablations (README, Method: Ablations)")
+    g = p.add_argument_group("ablations (docs/method.md, Ablations)")
     g.add_argument("--no_scs", action="store_true", help="one-hot label maps instead of the colouring scheme")
     g.add_argument("--cg", default="dice", choices=GUIDANCES, help="calibration guidance τ")
     g.add_argument("--no_w2g", action="store_true", help="drop the weak-to-ground-truth rectifier loss")

@@ -1,4 +1,4 @@
-"""Tests for utils.metrics (README, Method: Evaluation evaluation protocol)."""
+"""Tests for utils.metrics (docs/method.md, Evaluation: the evaluation protocol)."""
 
 import math
 

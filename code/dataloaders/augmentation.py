@@ -1,4 +1,4 @@
-"""Weak and strong views of a 2-D slice (README, Method: Training iteration), in numpy/cv2 (no PIL round trips).
+"""Weak and strong views of a 2-D slice (docs/method.md, Training iteration), in numpy/cv2 (no PIL round trips).
 
 Order: resize to the patch -> one shared geometry (flip LR p=.5, flip UD p=.5, then p=.5 a rotation by an
 integer angle in [0, 358] about the centre, zero fill) = the weak view; the strong view is the weak view plus, in random order, contrast / sharpness / brightness enhancement (each

@@ -1,4 +1,4 @@
-"""Per-dataset descriptions (README, Method: Data): classes, and how many labeled slices `--labelnum` patients give.
+"""Per-dataset descriptions (docs/datasets.md): classes, and how many labeled slices `--labelnum` patients give.
 
 A prepared folder may carry a `dataset.json` ({"name", "num_classes", "class_names",
 "patients_to_slices", optional "normalization"}); otherwise the dataset is named explicitly with `--dataset`. Nothing is guessed from
@@ -57,7 +57,7 @@ def load_dataset_info(root_path, dataset=None):
 
 
 def labeled_slice_count(info, labelnum, n_slices):
-    """README, Method: Data: the labeled set is the first N slices of train_slices.list, N from the table."""
+    """docs/datasets.md, Labeled slices: the labeled set is the first N slices of train_slices.list, N from the table."""
     if labelnum not in info.patients_to_slices:
         raise DataError(f"--labelnum {labelnum} is not in the {info.name} table; choose one of "
                          f"{sorted(info.patients_to_slices)}")

@@ -1,4 +1,4 @@
-"""Building blocks shared by every U-Net-shaped network of the project (README, Method: Networks).
+"""Building blocks shared by every U-Net-shaped network of the project (docs/method.md, Networks).
 
 ConvBlock = conv3x3-BN-LeakyReLU-[+emb]-[Dropout]-conv3x3-BN-LeakyReLU. When an embedding dimension is
 given, Linear(emb_dim, C_out)(SiLU(emb)) is added after the first activation (the calibration-guidance and
@@ -116,7 +116,7 @@ class Encoder(nn.Module):
         """x: (B, in_ch, H, W) -> list of (B, widths[i], H/2^i, W/2^i).
 
         `add` (optional list of the same shapes) is added to each stage's output before it feeds the next
-        stage; B_sem uses it to merge the image encoder's features (README, Method: Networks).
+        stage; B_sem uses it to merge the image encoder's features (docs/method.md, Networks).
         """
         feats, h = [], x
         for i, stage in enumerate(self.stages):

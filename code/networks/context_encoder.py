@@ -1,4 +1,4 @@
-"""Semantic context embedding B_sem plus its image-feature encoder (README, Method: Networks).
+"""Semantic context embedding B_sem plus its image-feature encoder (docs/method.md, Networks).
 
 B_sem encodes [image, label map] (1 + label_channels inputs) through five τ-conditioned stages (16..256, the θ
 encoder's dropouts). A second encoder of the same shape, with its own weights, encodes the image alone; its

@@ -1,4 +1,4 @@
-"""Latent denoising U-Net ε (README, Method: Networks), x0-parameterised: ε(z_t, t, cond) ≈ z_0.
+"""Latent denoising U-Net ε (docs/method.md, Networks), x0-parameterised: ε(z_t, t, cond) ≈ z_0.
 
 On the latent (B, 256, h, w): no input conv, two max-pool downs 256->384->512, two up blocks back to 256 with
 skips, conv blocks without dropout (BN throughout), each block conditioned on its own embedding of the raw

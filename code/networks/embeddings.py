@@ -1,4 +1,4 @@
-"""Scalar conditioning: sinusoidal features + MLP (README, Method: Networks).
+"""Scalar conditioning: sinusoidal features + MLP (docs/method.md, Networks).
 
 Used twice in the rectifier, with separate weights: for the calibration-guidance value τ (fed as τ·999, so a
 perfect pseudo label looks like a clean timestep) and for the denoiser's integer diffusion step t.

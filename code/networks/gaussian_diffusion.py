@@ -1,4 +1,4 @@
-"""Latent feature rectification maths (README, Method: Latent diffusion): one named function per formula, paper equation numbers cited.
+"""Latent feature rectification maths (docs/method.md, Latent diffusion): one named function per formula, paper equation numbers cited.
 
 The denoiser is x0-parameterised: every `model_fn(z_t, t)` here takes z_t (B, ...) and t (B,) long (original,
 un-respaced step indices 0..T-1) and returns the predicted clean latent ẑ_0 of z_t's shape. t = 0 is already
@@ -124,7 +124,7 @@ class GaussianDiffusion(nn.Module):
 
     def ddim_sample(self, model_fn, shape, steps=2, generator=None, clip=True, eta=0.0, device=None,
                     dtype=torch.float32, noise=None):
-        """Rectification sampler (README, Method: Latent diffusion): z ~ N(0, I) from `generator` (or `noise`), DDIM over the respaced
+        """Rectification sampler (docs/method.md, Latent diffusion): z ~ N(0, I) from `generator` (or `noise`), DDIM over the respaced
         timesteps; `clip` clamps each ẑ_0 to [-1, 1] (reference). Returns the last step's ẑ_0, shape `shape`."""
         ts = respaced_timesteps(self.T, steps)
         z = noise if noise is not None else torch.randn(shape, generator=generator, device=device, dtype=dtype)

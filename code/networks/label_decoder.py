@@ -1,4 +1,4 @@
-"""Label decoder (README, Method: Networks): rectified latent -> C-class logits at full resolution.
+"""Label decoder (docs/method.md, Networks): rectified latent -> C-class logits at full resolution.
 
 A τ-conditioned U-Net decoder (up 256->128->64->32->16, no dropout, 3x3 output conv). Its skips are B_sem's
 encodings of the *condition* input, so it also sees the unrectified label at every finer resolution; the

@@ -1,10 +1,10 @@
-"""The DiffRect label rectifier (README, Method: Networks, Latent diffusion): SCS + B_sem/image encoder + latent diffusion ε + label decoder.
+"""The DiffRect label rectifier (docs/method.md, Networks, Latent diffusion): SCS + B_sem/image encoder + latent diffusion ε + label decoder.
 
 One τ MLP (calibration guidance) conditions the context encoder (both encoders) and the label decoder; the
 denoiser has its own MLP for the step t. Two entry points:
   training_losses  one forward of LFR training (eq. 9/11) and the single-step decode the losses use;
   rectify          sampling (DDIM by default, eq. 12 DDPM optional) + decode, without gradients.
-Ablation switches (README, Method: Ablations): label_scheme="onehot" (w/o SCS), tau=None (w/o CG, zero embedding),
+Ablation switches (docs/method.md, Ablations): label_scheme="onehot" (w/o SCS), tau=None (w/o CG, zero embedding),
 use_diffusion=False (LCC only: decode B_sem's condition latent directly).
 """
 import torch
@@ -68,7 +68,7 @@ class Rectifier(nn.Module):
         cond_latent = cond_feats[-1]  # (B, 256, H/16, W/16), with grad
         if not self.use_diffusion:  # LCC only: no latent rectification
             return image.new_zeros(()), self.decoder(cond_latent, cond_feats, emb)
-        with torch.no_grad():  # target latent is detached anyway (README, Method: Latent diffusion); no graph kept
+        with torch.no_grad():  # target latent is detached anyway (docs/method.md, Latent diffusion); no graph kept
             target_map = encode_labels(target_labels, self.num_classes, self.label_scheme, image.dtype)
             target_latent = self.context(image, target_map, emb, image_feats)[-1]
         loss, z0_hat, _ = self.diffusion.training_loss(self._model_fn(cond_latent), target_latent, generator)

@@ -1,4 +1,4 @@
-"""Semantic colouring scheme (SCS, README, Method: Networks) and the one-hot alternative of the `--no_scs` ablation (README, Method: Ablations).
+"""Semantic colouring scheme (SCS, docs/method.md, Networks) and the one-hot alternative of the `--no_scs` ablation (docs/method.md, Ablations).
 
 A label map (B, H, W) long becomes a colour map (B, 3, H, W) float by one index into a fixed (C, 3) palette
 held on the labels' device (no host round trip). Palette, chosen for maximal mutual distance:

@@ -1,4 +1,4 @@
-"""Calibration guidance τ of DiffRect (README, Method: Training iteration, Ablations): how far a pseudo label is from its reference label.
+"""Calibration guidance τ of DiffRect (docs/method.md, Training iteration, Ablations): how far a pseudo label is from its reference label.
 
 τ = 1 - score(a, b) of two hard label maps pooled over the (sub-)batch, one scalar for the whole batch
 (the reference uses the Dice *loss*, so perfect agreement gives τ = 0, like a clean diffusion step).

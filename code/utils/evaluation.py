@@ -1,4 +1,4 @@
-"""Volume inference and scoring (README, Method: Evaluation), shared by validation during training and test_ACDC.py.
+"""Volume inference and scoring (docs/method.md, Evaluation), shared by validation during training and test_ACDC.py.
 
 Per volume: each slice resized to the training patch (linear), batched through the network; the class
 probabilities are resampled to the slice's own size (bilinear, centre-aligned, as the image was resized) and
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state
 from utils.metrics import case_metrics, class_pool, summarize
+from utils.progress import progress
 
 
 def load_segmenter(path, device, memory_format=torch.contiguous_format, data_classes=None):
@@ -87,16 +88,18 @@ def predict_volume(model, image, patch_size, device, batch_size=16, tta=False, w
 
 
 def evaluate(model, volumes, patch_size, device, num_classes, class_names=None, batch_size=16,
-             use_spacing=False, keep_predictions=False):
+             use_spacing=False, keep_predictions=False, progress_desc=None):
     """Score every volume of a VolumeDataset. Returns (summary, cases) where each case is
-    {"name", "metrics": [per-class dicts], ["prediction"]}. The model is put back in its previous mode."""
+    {"name", "metrics": [per-class dicts], ["prediction"]}. The model is put back in its previous mode.
+    progress_desc: show the progress over the volumes under this name (utils.progress; None: silent, as in
+    validation during training, whose own progress is shown)."""
     was_training = model.training
     model.eval()
     cases = []
     # one scorer thread (volumes in order, overlapping the next forward), class threads under it
     with ThreadPoolExecutor(1, thread_name_prefix="scorer") as scorer, class_pool(num_classes) as per_class:
         try:
-            for i in range(len(volumes)):
+            for i in progress(range(len(volumes)), progress_desc, disable=progress_desc is None):
                 name, image, label, spacing = volumes[i]
                 pred = predict_volume(model, image, patch_size, device, batch_size)
                 metrics = scorer.submit(case_metrics, pred, label, num_classes, spacing if use_spacing else None,

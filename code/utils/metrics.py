@@ -1,4 +1,4 @@
-"""Segmentation metrics and the evaluation-protocol summaries (README, Method: Evaluation).
+"""Segmentation metrics and the evaluation-protocol summaries (docs/method.md, Evaluation).
 
 Per class, on the full (2-D or 3-D) volume: Dice, Jaccard, HD95 and ASD, with
 the definitions of ``medpy.metric.binary`` (``dc``, ``jc``, ``hd95``, ``asd``;

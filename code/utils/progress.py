@@ -1,9 +1,43 @@
 """A run's progress record: its logged loss terms (`train_terms.csv`) and `progress.png`, the loss terms and
-val Dice against iteration (after nnU-Net's progress plot), redrawn at every validation."""
+val Dice against iteration (after nnU-Net's progress plot), redrawn at every validation; and the progress display
+of the scripts that loop over many items (`progress`: a bar on a terminal, plain lines in a file)."""
 import csv
+import math
 import os
+import sys
 
-from utils.checkpoint import atomic_write_text
+from tqdm import tqdm
+
+from utils.safe_write import write_file, write_text
+
+
+def on_terminal(stream):
+    """Whether `stream` is an interactive terminal. A tqdm bar redraws itself with carriage returns; in a file or
+    a pipe (`> run.log`, run_experiments.py's worker.log) its frames pile up into one line thousands of characters
+    long, so the bar is shown on a terminal only."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def progress(items, desc, stream=None, lines=10, disable=False):
+    """Iterate over `items` (a sized collection) showing how far the loop is on `stream` (default: sys.stderr):
+    a tqdm bar on a terminal; elsewhere a plain line "desc: i/n" after about every n/lines items and after the
+    last, so a log file gets a few readable lines. disable: show nothing."""
+    stream = sys.stderr if stream is None else stream
+    if disable:
+        yield from items
+        return
+    if on_terminal(stream):
+        yield from tqdm(items, desc=desc, ncols=80, file=stream)
+        return
+    n = len(items)
+    every = max(1, math.ceil(n / lines))
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % every == 0 or i == n:
+            print(f"{desc}: {i}/{n}", file=stream, flush=True)
 
 
 class TermsLog:
@@ -35,7 +69,7 @@ def write_csv(path, rows):
         w.writeheader()
         w.writerows(rows)
 
-    atomic_write_text(path, write)
+    write_text(path, write)
 
 
 def plot_progress(path, terms, curve):
@@ -59,6 +93,7 @@ def plot_progress(path, terms, curve):
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=80)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    try:
+        write_file(path, lambda tmp: fig.savefig(tmp, dpi=80))
+    finally:
+        plt.close(fig)

@@ -1,4 +1,4 @@
-"""Ramp-ups and learning-rate schedules (README, Method: Training iteration)."""
+"""Ramp-ups and learning-rate schedules (docs/method.md, Training iteration)."""
 import math
 
 
