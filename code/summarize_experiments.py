@@ -11,6 +11,8 @@ against `--against`: the mean difference with its 95 % CI, the probability of im
 Wilcoxon test over patients of run-averaged scores, Holm-corrected over the table's comparisons; over the
 bootstrap samples, how often each method ranks 1st, 2nd, ...
 
+`supervised-full` (every label) is the upper bound of every label budget's table; it is not ranked.
+
 Checkpoints: on a dataset without a test split the final checkpoint is the primary table (nothing was selected
 on the cases it is scored on); best-on-val follows, labelled as selected on those same cases. With a test split,
 best-on-val scored on test is primary.
@@ -40,13 +42,13 @@ from utils.ledger import attempt_folder, read_ledger
 from utils.provenance import machine_label
 from utils.statistics import (hierarchical_bootstrap, holm, patient_scores, percentile_ci, probability_of_improvement,
                               rank_distribution, score_matrix, wilcoxon_patients)
+from utils.summary_figures import UPPER_BOUNDS, write_figures  # UPPER_BOUNDS: in each budget's table, not ranked
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 PERCENT = ("dice", "jaccard")
 LOWER_IS_BETTER = ("hd95", "asd")
 CHECKPOINTS = (("best", ""), ("final", "final_"))
 NOT_RUN_DEFINING = ("--seed", "--snapshot_dir", "--root_path", "--gpu", "--max_run_iterations")
-CONTROLS = ("supervised", "supervised-lambda0", "supervised-full")
 
 
 def parse_args(argv):
@@ -221,7 +223,9 @@ def case_values(per_case, metric, cls):
 
 def table_keys(units):
     """-> [(labelnum, checkpoint, split)] primary first: best-on-test where there is a test split, else final-on-val."""
-    keys = {(lab, kind, split) for (m, lab, s, a), u in units.items() for kind, split in u["evals"]}
+    keys = {(lab, kind, split) for (m, lab, s, a), u in units.items() for kind, split in u["evals"]
+            if m not in UPPER_BOUNDS}
+    keys = keys or {(lab, kind, split) for (m, lab, s, a), u in units.items() for kind, split in u["evals"]}
     has_test = any(k[2] == "test" for k in keys)
     order = [("best", "test"), ("final", "test"), ("final", "val"), ("best", "val")] if has_test else \
         [("final", "val"), ("best", "val")]
@@ -240,8 +244,9 @@ def summarize(attempts, against, n_boot, seed):
     rows, groups, ranks, boot = [], {}, {}, {}
     for key in keys:
         labelnum, kind, split = key
-        members = {m: [(k, u) for k, u in units.items() if k[0] == m and k[1] == labelnum and (kind, split) in u["evals"]]
-                   for m in methods}
+        # an upper bound (every label) joins the table of every label budget, as the reference it is
+        members = {m: [(k, u) for k, u in units.items() if k[0] == m and (kind, split) in u["evals"]
+                       and (k[1] == labelnum or m in UPPER_BOUNDS)] for m in methods}
         members = {m: v for m, v in members.items() if v}
         if not members:
             continue
@@ -269,7 +274,7 @@ def summarize(attempts, against, n_boot, seed):
                 for m, p in zip(others, holm([group[m][(metric, cls)]["p"] for m in others])):
                     group[m][(metric, cls)]["p_holm"] = float(p)
                 if (metric, cls) == ("dice", "mean"):
-                    ranks[key] = rank_distribution(samples)
+                    ranks[key] = rank_distribution({m: v for m, v in samples.items() if m not in UPPER_BOUNDS})
                     boot[key] = samples
         for m, entry in group.items():
             entry["classes"] = classes
@@ -431,8 +436,6 @@ def main(argv=None):
     write_ranks(os.path.join(args.folder, "ranks.csv"), ranks)
     text = write_markdown(os.path.join(args.folder, "results.md"), groups, keys, attempts, args.against, preset,
                           dropped, notes, args.bootstrap)
-    from utils.summary_figures import write_figures
-
     write_figures(os.path.join(args.folder, "figures"), attempts, groups, ranks, keys, args.against, preset)
     print(text)
     print(f"wrote results.md, results.csv, ranks.csv and figures/ to {args.folder} ({len(scored)} runs with per-case "

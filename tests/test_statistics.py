@@ -212,3 +212,17 @@ def test_an_attempt_whose_files_are_gone_keeps_its_ledger_scores(hand_preset):
     md = (hand_preset / "results.md").read_text()
     assert "| a † | 2 + 1 summary-only |" in md
     assert "a_3_seed2 attempt 1: best-on-val Dice 55.00, final 60.00 — its per-case files are missing" in md
+
+
+def test_the_all_labels_upper_bound_joins_each_budgets_table_unranked(hand_preset):
+    job = _write_run(str(hand_preset / "supervised-full_140_seed1"), "supervised-full_140_seed1", [0.9] * 5,
+                     method="supervised-full", seed=1)
+    job["labelnum"] = 140
+    with open(hand_preset / "supervised-full_140_seed1" / "run.json", "w") as f:
+        json.dump(job, f)
+    rows = summarize_experiments.main([str(hand_preset), "--against", "a", "--bootstrap", "200"])
+    full = [r for r in rows if r["method"] == "supervised-full" and r["metric"] == "dice" and r["class"] == "mean"]
+    assert {(r["labelnum"], r["checkpoint"]) for r in full} == {(3, "final"), (3, "best")}
+    assert full[0]["diff"] > 0 and "--labelnum 140" not in (hand_preset / "results.md").read_text()
+    with open(hand_preset / "ranks.csv", newline="") as f:
+        assert "supervised-full" not in {r["method"] for r in csv.DictReader(f)}

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 CONTROLS = ("supervised", "supervised-lambda0", "supervised-full")
+UPPER_BOUNDS = ("supervised-full",)  # every label: drawn beside every label budget
 _BASELINE_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:cyan", "tab:olive", "tab:brown", "tab:pink",
                      "navy", "teal", "darkgoldenrod", "slateblue", "seagreen")
 _CHECKPOINT = {"final": "final checkpoint", "best": "best-on-val checkpoint"}
@@ -54,7 +55,8 @@ def curves_figure(ax, attempts, labelnum, palette):
     without band for one run. -> runs drawn."""
     total = 0
     for m, colour in palette.items():
-        curves = [a["curve"] for a in attempts if a["method"] == m and a["labelnum"] == labelnum and a.get("curve")]
+        curves = [a["curve"] for a in attempts if a["method"] == m and a.get("curve")
+                  and (a["labelnum"] == labelnum or m in UPPER_BOUNDS)]
         curves = [{int(r["iteration"]): 100 * r["dice"] for r in c} for c in curves]
         if not curves:
             continue
@@ -78,7 +80,8 @@ def write_figures(folder, attempts, groups, ranks, keys, against, preset):
     os.makedirs(folder, exist_ok=True)
     data = dataset_name(attempts)
     palette = colours(list(dict.fromkeys(a["method"] for a in attempts)))
-    labelnums = sorted({a["labelnum"] for a in attempts})
+    labelnums = sorted({a["labelnum"] for a in attempts if a["method"] not in UPPER_BOUNDS}) or \
+        sorted({a["labelnum"] for a in attempts})
 
     # learning curves (every attempt with a recorded curve; no checkpoint is selected here)
     fig, axes = plt.subplots(1, len(labelnums), figsize=(7 * len(labelnums), 4.5), squeeze=False)
