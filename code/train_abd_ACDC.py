@@ -36,7 +36,7 @@ from utils.mixing import bidirectional_displacement, copy_paste_crop, patch_conf
 from utils.trainer import Batches, Method, TrainingRun
 
 
-BATCHES = Batches(semi_supervised=True, strong_view=True)
+BATCHES = Batches(semi_supervised=True, strong_views=1)
 
 
 def parse_args(argv):

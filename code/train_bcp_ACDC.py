@@ -32,7 +32,7 @@ from utils.mixing import copy_paste_crop
 from utils.trainer import Batches, Method, TrainingRun
 
 
-BATCHES = Batches(semi_supervised=True, strong_view=False)
+BATCHES = Batches(semi_supervised=True, strong_views=0)
 
 
 def parse_args(argv):

@@ -20,7 +20,7 @@ from utils.ramps import consistency_weight
 from utils.trainer import Batches, Method, TrainingRun
 
 
-BATCHES = Batches(semi_supervised=True, strong_view=True)
+BATCHES = Batches(semi_supervised=True, strong_views=1)
 
 
 def parse_args(argv):

@@ -11,7 +11,7 @@ from utils.losses import seg_loss
 from utils.trainer import Batches, Method, TrainingRun
 
 
-BATCHES = Batches(semi_supervised=False, strong_view=False)
+BATCHES = Batches(semi_supervised=False, strong_views=0)
 
 
 def parse_args(argv):

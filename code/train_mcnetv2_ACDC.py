@@ -15,7 +15,7 @@ from utils.ramps import consistency_weight
 from utils.trainer import Batches, Method, TrainingRun
 
 
-BATCHES = Batches(semi_supervised=True, strong_view=False)
+BATCHES = Batches(semi_supervised=True, strong_views=0)
 
 
 def parse_args(argv):

@@ -16,15 +16,13 @@ The paper's loss (Sec. 3), for a batch of labeled slices x and unlabeled slices 
 Its ACDC setting: SGD, lr 0.01 with poly decay, 12 labeled + 12 unlabeled slices per step, 256², 300 epochs over the
 unlabeled slices (≈ 30 000 iterations at 3 labeled patients).
 Choices (ours): L_s is CE + Dice, the supervised loss of every script here (the paper writes CE); the strong
-perturbation is this project's photometric strong view (the loader's image_strong for u^s1, a second draw of the
-same perturbation for u^s2), then CutMix as Yun et al. define it (box area fraction ~ U(0, 1), the slice's aspect
-ratio), applied to a slice with probability 0.5; a slice's CutMix partner is another unlabeled slice of the batch.
+perturbation is this project's photometric strong view (the loader's image_strong for u^s1 and its second,
+independent draw image_strong2 for u^s2), then CutMix as Yun et al. define it (box area fraction ~ U(0, 1), the
+slice's aspect ratio), applied to a slice with probability 0.5; a slice's CutMix partner is another unlabeled slice
+of the batch.
 """
-import numpy as np
 import torch
 
-from dataloaders.augmentation import strong_photometric
-from dataloaders.random_streams import stream_rng
 from networks.unet import net_factory
 from utils.config import UsageError, run_main, training_parser
 from utils.losses import masked_cross_entropy, seg_loss
@@ -32,7 +30,7 @@ from utils.mixing import cutmix, cutmix_boxes, cutmix_partners
 from utils.trainer import Batches, Method, TrainingRun
 
 
-BATCHES = Batches(semi_supervised=True, strong_view=True)
+BATCHES = Batches(semi_supervised=True, strong_views=2)
 
 
 def parse_args(argv):
@@ -48,22 +46,12 @@ def parse_args(argv):
     return args
 
 
-def second_strong_view(weak, seed, iteration, first_slot):
-    """Each slice's second strong view: the loader's photometric perturbation drawn again, from a random stream
-    of its own ((seed, "augmentation", iteration, slot, 1), slot = the slice's place in the sampler's batch), so
-    a resumed run draws it again. weak (N,1,H,W) -> (N,1,H,W) on its device."""
-    rngs = [stream_rng(seed, "augmentation", iteration, first_slot + i, 1) for i in range(len(weak))]
-    views = [strong_photometric(w[0].float().cpu().numpy(), rng) for w, rng in zip(weak, rngs)]
-    return torch.from_numpy(np.stack(views))[:, None].to(weak.device, weak.dtype)
-
-
 def build(args, run):
     """The method's network, optimizer and train step, as the Method that run.fit trains."""
     net = net_factory(args.model, in_chns=1, class_num=run.num_classes).to(run.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
     model = run.wrap(net)  # DDP under torchrun, `net` itself otherwise
     tau, lbs = args.conf_thresh, args.labeled_bs
-    first_slot = run.rank * args.batch_size + lbs  # the first unlabeled slice's slot in the sampler's batch
 
     def strong_stream(view, conf, pseudo):  # CutMix one strong view -> (image, pseudo labels, confident pixels)
         box = cutmix_boxes(len(view), args.patch_size, args.cutmix_prob, view.device)  # (B_u,1,H,W)
@@ -72,7 +60,7 @@ def build(args, run):
 
     def train_step(batch, it):
         image, label = batch["image"], batch["label"][:lbs]  # (B,1,H,W) weak views, (B_l,H,W)
-        strong = (batch["image_strong"][lbs:], second_strong_view(image[lbs:], args.seed, it, first_slot))
+        strong = batch["image_strong"][lbs:], batch["image_strong2"][lbs:]  # u^s1, u^s2 before CutMix
         logits, logits_fp = model.forward_perturbed(image, args.fp_dropout, first=lbs)  # f(x), f(u^w); p^fp
         conf, pseudo = logits[lbs:].detach().softmax(1).max(1)  # max p^w, ŷ: (B_u,H,W) x2
         (u_s1, y_1, keep_1), (u_s2, y_2, keep_2) = (strong_stream(view, conf, pseudo) for view in strong)

@@ -4,10 +4,12 @@ import os
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from dataloaders.augmentation import make_views, random_geometry, resize_pair, strong_photometric
 from dataloaders.dataset import NO_LABEL, DataError, SliceDataset, VolumeDataset, read_case
 from dataloaders.datasets import DATASETS, labeled_slice_count, load_dataset_info
+from dataloaders.random_streams import stream_rng
 from dataloaders.sampler import TwoStreamBatchSampler
 from conftest import REAL_ACDC
 
@@ -137,6 +139,25 @@ def test_slice_dataset_items(tmp_path):
     vols = VolumeDataset(str(tmp_path / "ds"), "val", 4)
     name, image, label, spacing = vols[0]
     assert name == "vol1" and image.shape == (3, 40, 56) and spacing is None
+
+
+def test_second_strong_view_is_an_independent_draw_on_the_same_geometry(tmp_path):
+    """strong_views=2 (UniMatch) adds image_strong2: the weak view's photometric perturbation drawn again from the
+    slice's own stream (aug_seed + (1,)), so the first view, the weak view and the label are those of
+    strong_views=1 and a resumed run redraws it."""
+    root = str(_tiny_root(tmp_path))
+    one, two = SliceDataset(root, 4, (32, 48)), SliceDataset(root, 4, (32, 48), strong_views=2)
+    none = SliceDataset(root, 4, (32, 48), strong_views=0)
+    key = (2, (7, "augmentation", 3, 5))
+    a, b = one[key], two[key]
+    assert "image_strong2" not in a and set(none[key]) == {"image", "label", "index"}
+    for k in ("image", "image_strong", "label"):
+        assert torch.equal(a[k], b[k])
+    expected = strong_photometric(b["image"][0].numpy(), stream_rng(7, "augmentation", 3, 5, 1))
+    assert np.array_equal(b["image_strong2"][0].numpy(), expected)
+    assert torch.equal(two[key]["image_strong2"], b["image_strong2"])
+    with pytest.raises(ValueError, match="strong_views=3"):
+        SliceDataset(root, 4, (32, 48), strong_views=3)
 
 
 @pytest.mark.parametrize("image,label,match", [

@@ -80,9 +80,10 @@ def test_wrapped_networks_and_closed_over_modules_must_be_saved():
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_each_script_declares_the_batches_its_step_reads(name):
     """BATCHES is the one place a script says what its batches hold (its main and benchmark.py both read it):
-    a strong view exactly when the step reads image_strong, unlabeled slices exactly when it is semi-supervised."""
+    as many strong views as the step reads (image_strong, image_strong2), unlabeled slices exactly when it is
+    semi-supervised."""
     script = importlib.import_module(name)
     source = inspect.getsource(script.build)
-    assert script.BATCHES.strong_view == ("image_strong" in source)
+    assert script.BATCHES.strong_views == ("image_strong" in source) + ("image_strong2" in source)
     assert script.BATCHES.semi_supervised == (name != "train_fully_supervised_ACDC")
     assert "TrainingRun(args, BATCHES)" in inspect.getsource(script.main)

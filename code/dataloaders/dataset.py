@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloaders.augmentation import make_views, resize_pair
+from dataloaders.augmentation import make_views, resize_pair, strong_photometric
 from dataloaders.layout import read_ids
 from dataloaders.random_streams import stream_rng
 from utils.errors import one_line
@@ -89,15 +89,20 @@ def read_geometry(path):
 class SliceDataset(Dataset):
     """Training slices of `train_slices.list`; item = (index, aug_seed) -> dict of tensors.
 
-    image (1,H,W) weak view, image_strong (1,H,W) (when strong=True), label (H,W) long, index ().
+    image (1,H,W) weak view, label (H,W) long, index (); with strong_views >= 1 image_strong (1,H,W), the
+    weak view's photometric strong view; with strong_views = 2 also image_strong2 (1,H,W), a second draw of it
+    from the slice's own stream (aug_seed + (1,)).
     A slice file without a 'label' is unlabeled (`has_label[i]` False): its label tensor is all NO_LABEL, a
     value outside every class, so a loss that used it would fail instead of learning from it; the trainer
     keeps such slices out of the labeled stream.
     With skip_bad=True unreadable slices are dropped (counted in `skipped`) instead of stopping the run.
     """
 
-    def __init__(self, root, num_classes, patch_size, strong=True, skip_bad=False, ids=None, log=print):
-        self.root, self.num_classes, self.patch_size, self.strong = root, num_classes, tuple(patch_size), strong
+    def __init__(self, root, num_classes, patch_size, strong_views=1, skip_bad=False, ids=None, log=print):
+        if strong_views not in (0, 1, 2):
+            raise ValueError(f"strong_views={strong_views}: 0, 1 or 2")
+        self.root, self.num_classes, self.patch_size = root, num_classes, tuple(patch_size)
+        self.strong_views = strong_views
         self.ids = ids if ids is not None else read_list(root, "train_slices.list")
         self.paths = [os.path.join(root, "data", "slices", f"{s}.h5") for s in self.ids]
         absent = [p for p in self.paths if not os.path.isfile(p)]
@@ -130,12 +135,15 @@ class SliceDataset(Dataset):
     def __getitem__(self, item):
         idx, seed = item
         rng = stream_rng(*seed)  # seed = (run seed, "augmentation", iteration, slot)
-        weak, strong, label = make_views(self.images[idx], self.labels[idx], rng, self.patch_size, self.strong)
+        weak, strong, label = make_views(self.images[idx], self.labels[idx], rng, self.patch_size,
+                                         self.strong_views > 0)
         label = np.full(weak.shape, NO_LABEL, np.int64) if label is None else label.astype(np.int64)
         out = {"image": torch.from_numpy(weak)[None], "label": torch.from_numpy(label),
                "index": torch.tensor(idx)}
         if strong is not None:
             out["image_strong"] = torch.from_numpy(strong)[None]
+        if self.strong_views == 2:
+            out["image_strong2"] = torch.from_numpy(strong_photometric(weak, stream_rng(*seed, 1)))[None]
         return out
 
 

@@ -87,7 +87,8 @@ def compile_in_place(net):
 class Batches:
     """What a script's batches hold, declared once per script as BATCHES (its main and benchmark.py read it)."""
     semi_supervised: bool = True   # labeled_bs labeled + the rest unlabeled slices; False: batch_size labeled
-    strong_view: bool = False      # each slice also as the strong view `image_strong` (FixMatch, DiffRect)
+    strong_views: int = 0          # 1: each slice also as the strong view `image_strong` (FixMatch, DiffRect);
+                                   # 2: and as a second, independent one, `image_strong2` (UniMatch)
 
 
 LR_SCHEDULES = ("poly", "constant")  # poly: base_lr (1 - iter/max)^0.9, after every step; constant: base_lr
@@ -109,7 +110,7 @@ class TrainingRun:
         """batches: the script's Batches. script: the training script's name (part of the run's identity;
         default: the caller's file). Use as a context manager (`with TrainingRun(...) as run:`), which
         releases the snapshot folder however the block ends."""
-        semi_supervised, strong = batches.semi_supervised, batches.strong_view
+        semi_supervised, strong = batches.semi_supervised, batches.strong_views
         args.semi_supervised = semi_supervised
         args.script = script or os.path.splitext(os.path.basename(sys._getframe(1).f_code.co_filename))[0]
         self.args = check_args(args)
@@ -139,7 +140,7 @@ class TrainingRun:
             check_same_run(self._resume_ckpt.get("config", {}), vars(args), self.resume_from)
         # the data is read and checked before anything is written, so bad input leaves no trace
         notes = []
-        self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size, strong=strong,
+        self.train_set = SliceDataset(args.root_path, self.num_classes, args.patch_size, strong_views=strong,
                                       skip_bad=args.skip_bad_samples, log=notes.append)
         n_lab = labeled_slice_count(self.info, args.labelnum, len(self.train_set))
         self.labeled_idx = self.train_set.valid_indices(range(n_lab))
