@@ -23,7 +23,12 @@ as the mean top-class probability; the teacher, BCP's labeller, gives the confid
 largest-component cut there: a mixed slice may hold one piece of a class from each source); L_R and L_I weigh 1,
 like L_in + L_out, with no ramp. The authors' note on their BCP code (GitHub chy-upc/ABD, issue 6): ABD-R runs on the
 copy-pasted slices, which it treats as unlabeled, and ABD-I is dropped; --abd_i 0 gives that, the default keeps
-ABD-I, the paper's operation for labeled slices.
+ABD-I, the paper's operation for labeled slices. Where the authors' BCP-variant code goes further than the paper's
+description, this script follows the description: one student and its EMA teacher (the code trains two students,
+on the weak and on the strong mixes, with a cross-pseudo Dice loss between them and the confidences from each
+student's own prediction), the most confident patch always moves (the code, half of the time, takes among the four
+most confident the one closest in KL divergence to the patch it replaces), ABD-I on every labeled pair (the code:
+on half of the steps).
 """
 import torch
 

@@ -4,7 +4,8 @@ Specific flags: --pretrain_iterations --alpha --crop_ratio --ema_decay.
 
 The paper's method (Sec. 3) and its ACDC setting (Sec. 4), in one run (utils/bcp.py):
   pre-training  iterations [0, --pretrain_iterations): the labeled slices copy-pasted into each other through the
-                crop, CE + Dice on the pasted ground truth; then teacher and student both start from these weights
+                crop, each part supervised by its pasted ground truth; then teacher and student both start from
+                these weights
   self-training each labeled slice X_l is paired with one unlabeled slice X_u; one mask M per step, zero inside a
                 crop of 2/3 of each side at a random place, gives
                   X_in = X_l ⊙ M + X_u ⊙ (1 - M),    X_out = X_u ⊙ M + X_l ⊙ (1 - M)
@@ -13,14 +14,15 @@ The paper's method (Sec. 3) and its ACDC setting (Sec. 4), in one run (utils/bcp
                 post-processing for 2-D ACDC); Q = the student's prediction on the mixed slice;
                   L_in  = L_seg(Q_in, Y_in) ⊙ M + α L_seg(Q_in, Y_in) ⊙ (1 - M)
                   L_out = L_seg(Q_out, Y_out) ⊙ (1 - M) + α L_seg(Q_out, Y_out) ⊙ M
-                  L = L_in + L_out,  L_seg = CE + Dice,  α = 0.5;  Θ_t <- λ Θ_t + (1 - λ) Θ_s,  λ = 0.99
+                  L = L_in + L_out,  α = 0.5;  Θ_t <- λ Θ_t + (1 - λ) Θ_s,  λ = 0.99
   ACDC          SGD, lr 0.01, batch 24 (12 labeled + 12 unlabeled), 256²; 10 000 + 30 000 iterations (the
                 preset paper-acdc gives --max_iterations 40000; the default pre-training share is a quarter).
-Choices the paper leaves open (ours): the slices of a pair exchange the crop both ways, so every pixel of the
-batch is trained on once (the paper mixes two labeled with two unlabeled slices and keeps half of their pixels);
-each stage decays its own poly learning rate and starts with fresh momentum; ⊙ M on CE: the pixel-wise loss
-times the mask, averaged over all pixels; on Dice: Dice over the masked pixels; the largest component is taken in
-4-connectivity.
+Where the paper leaves a detail open, the authors' implementation decides: lr constant at 0.01 in both stages;
+the student keeps the pre-training's SGD momentum; L_seg(Q, Y) ⊙ M = (CE averaged over the part's pixels + Dice
+over them) / 2; pre-training weighs both pasted parts 1; the largest component is taken in 8-connectivity.
+Ours: the slices of a pair exchange the crop both ways, so every pixel of the batch is trained on once (the
+paper mixes two labeled with two unlabeled slices and keeps half of their pixels); the teacher and student start
+from the final pre-trained weights (the authors' code loads the best-on-validation ones).
 """
 import torch
 

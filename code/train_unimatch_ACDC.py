@@ -9,23 +9,24 @@ The paper's loss (Sec. 3), for a batch of labeled slices x and unlabeled slices 
                  decoded (UNet.forward_perturbed; one decoder pass with the clean stream)
   strong views   u^s1, u^s2: two strong perturbations of u^w, each CutMix-ed with another unlabeled slice, whose
                  pixels bring their own pseudo labels and confidences
-  L_s            CE + Dice of f(x) against the ground truth
-  L_u            λ H(p^fp, ŷ) + μ/2 (H(p^s1, ŷ^1) + H(p^s2, ŷ^2)), λ = μ = 0.5; H = cross-entropy over the pixels
-                 whose confidence reaches τ, averaged over all unlabeled pixels
+  L_s            (CE + Dice) / 2 of f(x) against the ground truth
+  L_u            λ H(p^fp, ŷ) + μ/2 (H(p^s1, ŷ^1) + H(p^s2, ŷ^2)), λ = μ = 0.5; H = Dice over the pixels whose
+                 confidence reaches τ (the other pixels leave both sums), background included
   L              (L_s + L_u) / 2
 Its ACDC setting: SGD, lr 0.01 with poly decay, 12 labeled + 12 unlabeled slices per step, 256², 300 epochs over the
-unlabeled slices (≈ 30 000 iterations at 3 labeled patients).
-Choices (ours): L_s is CE + Dice, the supervised loss of every script here (the paper writes CE); the strong
-perturbation is this project's photometric strong view (the loader's image_strong for u^s1 and its second,
-independent draw image_strong2 for u^s2), then CutMix as Yun et al. define it (box area fraction ~ U(0, 1), the
-slice's aspect ratio), applied to a slice with probability 0.5; a slice's CutMix partner is another unlabeled slice
-of the batch.
+unlabeled slices (≈ 30 000 iterations at 3 labeled patients). The losses are those of the authors' medical code
+(the paper, on natural images, writes H as cross-entropy), and so is CutMix's box (utils/mixing.cutmix_boxes:
+area U(0.02, 0.4) of the slice, aspect U(0.3, 1/0.3)), applied to a slice with probability 0.5.
+Choices (ours): the strong perturbation is this project's photometric strong view (the loader's image_strong for
+u^s1 and its second, independent draw image_strong2 for u^s2); a slice's CutMix partner is another unlabeled slice
+of the batch, with its pseudo labels from the same forward pass (the authors' code draws a second unlabeled batch
+and labels it in a separate pass).
 """
 import torch
 
 from networks.unet import net_factory
 from utils.config import UsageError, run_main, training_parser
-from utils.losses import masked_cross_entropy, seg_loss
+from utils.losses import dice_loss, seg_loss
 from utils.mixing import cutmix, cutmix_boxes, cutmix_partners
 from utils.trainer import Batches, Method, TrainingRun
 
@@ -65,9 +66,10 @@ def build(args, run):
         conf, pseudo = logits[lbs:].detach().softmax(1).max(1)  # max p^w, ŷ: (B_u,H,W) x2
         (u_s1, y_1, keep_1), (u_s2, y_2, keep_2) = (strong_stream(view, conf, pseudo) for view in strong)
         logits_s1, logits_s2 = model(torch.cat([u_s1, u_s2])).chunk(2)
-        loss_s = seg_loss(logits[:lbs], label)
-        loss_fp = masked_cross_entropy(logits_fp, pseudo, conf >= tau)
-        loss_s1, loss_s2 = masked_cross_entropy(logits_s1, y_1, keep_1), masked_cross_entropy(logits_s2, y_2, keep_2)
+        loss_s = seg_loss(logits[:lbs], label) / 2
+        loss_fp = dice_loss(logits_fp.softmax(1), pseudo, mask=conf >= tau)
+        loss_s1 = dice_loss(logits_s1.softmax(1), y_1, mask=keep_1)
+        loss_s2 = dice_loss(logits_s2.softmax(1), y_2, mask=keep_2)
         loss_u = 0.5 * loss_fp + 0.25 * (loss_s1 + loss_s2)
         run.backward_step(optimizer, (loss_s + loss_u) / 2, "L_unimatch")
         return {"seg/sup": loss_s, "unimatch/fp": loss_fp, "unimatch/s1": loss_s1, "unimatch/s2": loss_s2,

@@ -1,20 +1,24 @@
 """Connected components of stacks of 2-D masks and label maps, in numpy/scipy.
 
 Used by the synthetic phantoms (one RV piece per slice) and by BCP's pseudo-label post-processing (one component
-per class and slice). Connectivity is in-plane 4-connectivity: components never cross slices.
+per class and slice). Connectivity is in-plane, 4 (edge neighbours; the default) or 8 (edge and corner
+neighbours): components never cross slices.
 """
 import numpy as np
 from scipy import ndimage
 
-# in-plane 4-connectivity structuring element for (D, H, W) arrays
+# in-plane structuring elements for (D, H, W) arrays: 4-connectivity (CROSS3) and 8-connectivity (SQUARE3)
 CROSS3 = np.zeros((3, 3, 3), dtype=bool)
 CROSS3[1, 1, :] = CROSS3[1, :, 1] = True
+SQUARE3 = np.zeros((3, 3, 3), dtype=bool)
+SQUARE3[1] = True
+STRUCTURES = {4: CROSS3, 8: SQUARE3}
 
 
-def largest_per_slice(mask: np.ndarray, min_pixels: int = 1) -> np.ndarray:
-    """Keep, in each slice of a (D, H, W) bool mask, only its largest 4-connected component (if >= min_pixels);
-    ties go to the component met first in raster order."""
-    lab, n = ndimage.label(mask, structure=CROSS3)  # components never cross slices
+def largest_per_slice(mask: np.ndarray, min_pixels: int = 1, connectivity: int = 4) -> np.ndarray:
+    """Keep, in each slice of a (D, H, W) bool mask, only its largest component (if >= min_pixels) in in-plane
+    `connectivity` (4 or 8); ties go to the component met first in raster order."""
+    lab, n = ndimage.label(mask, structure=STRUCTURES[connectivity])  # components never cross slices
     if n == 0:
         return mask
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
@@ -30,11 +34,11 @@ def largest_per_slice(mask: np.ndarray, min_pixels: int = 1) -> np.ndarray:
     return keep[lab]
 
 
-def largest_component_per_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def largest_component_per_class(labels: np.ndarray, num_classes: int, connectivity: int = 4) -> np.ndarray:
     """(D, H, W) integer label maps -> a copy in which every foreground class keeps, in each slice, only its
-    largest 4-connected component; the pixels of its other components become background (0)."""
+    largest component in in-plane `connectivity` (4 or 8); the pixels of its other components become background."""
     out = labels.copy()
     for c in range(1, num_classes):
         mask = labels == c
-        out[mask & ~largest_per_slice(mask)] = 0
+        out[mask & ~largest_per_slice(mask, connectivity=connectivity)] = 0
     return out

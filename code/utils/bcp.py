@@ -7,9 +7,8 @@ Shapes: slices (N, 1, H, W), label maps (N, H, W) long, crop bool (1, 1, H, W) (
 import torch
 
 from utils.errors import UsageError
-from utils.losses import largest_component_labels, masked_seg_loss, seg_loss
+from utils.losses import largest_component_labels, masked_seg_loss
 from utils.mixing import bidirectional_copy_paste
-from utils.ramps import poly_lr
 
 
 def bcp_flags(parser, title):
@@ -43,34 +42,28 @@ class TwoStages:
     """BCP's schedule in one run: iterations [0, P) pre-train the student on copy-pasted labeled slices; at P the
     teacher becomes a copy of the pre-trained student (weights and BatchNorm statistics), as the paper initialises
     both networks from the pre-trained model, and self-training runs to --max_iterations (paper, ACDC: P = 10 000,
-    then 30 000). Each stage decays its own poly learning rate from --base_lr and starts with fresh SGD momentum,
-    as two separate trainings would (ours: the paper gives no schedule across the stages). Every decision is a
-    function of the iteration alone, so a resume before, after or exactly at the switch continues the straight
-    run."""
+    then 30 000). The learning rate stays --base_lr and the student keeps its SGD momentum across the switch, as
+    the authors' implementation (constant lr; the student loads the pre-training's optimizer state) does. Every
+    decision is a function of the iteration alone, so a resume before, after or exactly at the switch continues
+    the straight run."""
 
     def __init__(self, args, run, net, student, teacher, optimizer):
-        self.switch, self.total, self.base_lr = args.pretrain_iterations, args.max_iterations, args.base_lr
+        self.switch = args.pretrain_iterations
         self.run, self.net, self.student, self.teacher, self.optimizer = run, net, student, teacher, optimizer
 
     def pretraining(self, it):
-        """Set step `it` up (its stage's learning rate; at the switch teacher <- student and no momentum)
-        -> True while pre-training."""
-        pre = it < self.switch
-        start, length = (0, self.switch) if pre else (self.switch, self.total - self.switch)
+        """Set step `it` up (at the switch: teacher <- student) -> True while pre-training."""
         if it == self.switch:
             self.teacher.load_state_dict(self.net.state_dict())
-            self.optimizer.state.clear()
-        for group in self.optimizer.param_groups:
-            group["lr"] = poly_lr(self.base_lr, it - start, length)
-        return pre
+        return it < self.switch
 
     def pretrain_step(self, image, label, crop):
         """One pre-training step: the labeled slices, in two halves, copy-pasted into each other pair by pair in
-        both directions; CE + Dice against the ground truth pasted alike. image (B_l,1,H,W), label (B_l,H,W)."""
+        both directions; each part of a mixed slice supervised by its own ground truth with weight 1 (bcp_loss at
+        α = 1). image (B_l,1,H,W), label (B_l,H,W)."""
         half = len(image) // 2
-        x = torch.cat(bidirectional_copy_paste(image[:half], image[half:], crop))
-        y = torch.cat(bidirectional_copy_paste(label[:half], label[half:], crop))
-        loss = seg_loss(self.student(x), y)
+        x, y, from_first = copy_paste_pairs(image[:half], image[half:], label[:half], label[half:], crop)
+        loss = sum(bcp_loss(self.student(x), y, from_first, 1.0))
         self.run.backward_step(self.optimizer, loss, "L_pre")
         return {"bcp/pretrain": loss}
 
@@ -97,7 +90,8 @@ def copy_paste_pairs(labeled, unlabeled, label, pseudo, crop):
 
 def bcp_loss(logits, label, from_gt, alpha):
     """L_in and L_out, each L_seg(Q, Y) ⊙ M_gt + α L_seg(Q, Y) ⊙ M_pseudo over the parts of its slices that carry
-    ground truth and pseudo labels (L_seg = CE + Dice); logits (2N,C,H,W) [in; out] -> (L_in, L_out)."""
+    ground truth and pseudo labels (L_seg ⊙ M: utils/losses.masked_seg_loss, (CE + Dice) / 2 over the part);
+    logits (2N,C,H,W) [in; out] -> (L_in, L_out)."""
     gt = from_gt.float()
     return tuple(masked_seg_loss(q, y, g) + alpha * masked_seg_loss(q, y, 1.0 - g)
                  for q, y, g in zip(logits.chunk(2), label.chunk(2), gt.chunk(2)))

@@ -33,17 +33,12 @@ def seg_loss(logits, target):
     return F.cross_entropy(logits, target) + dice_loss(logits.softmax(1), target)
 
 
-def masked_cross_entropy(logits, target, mask):
-    """sum over the pixels `mask` (B, H, W) covers of their cross-entropy, divided by all B*H*W pixels (so the
-    terms of complementary masks add up to the plain mean): a pixel-wise loss map times a mask, averaged."""
-    ce = F.cross_entropy(logits, target, reduction="none")  # (B, H, W)
-    return (ce * mask.to(ce.dtype)).mean()
-
-
 def masked_seg_loss(logits, target, mask):
-    """CE + Dice restricted to a region, L_seg(Q, Y) ⊙ M in BCP's notation: mask (B, H, W) in {0, 1}; an all-ones
-    mask gives seg_loss."""
-    return masked_cross_entropy(logits, target, mask) + dice_loss(logits.softmax(1), target, mask=mask)
+    """L_seg(Q, Y) ⊙ M in BCP's notation, normalised as the BCP authors' implementation does: (CE averaged over the
+    pixels mask (B, H, W) in {0, 1} covers + Dice over those pixels) / 2; an all-ones mask gives seg_loss / 2."""
+    m = mask.to(logits.dtype)
+    ce = (F.cross_entropy(logits, target, reduction="none") * m).sum() / m.sum().clamp_min(1e-16)
+    return (ce + dice_loss(logits.softmax(1), target, mask=mask)) / 2
 
 
 @torch.no_grad()
@@ -59,8 +54,9 @@ def masked_pseudo_label(logits, thresh):
 @torch.no_grad()
 def largest_component_labels(labels, num_classes):
     """BCP's pseudo-label post-processing: in each (H, W) map of labels (B, H, W) every foreground class keeps
-    only its largest 4-connected component; the pixels of its other components become background."""
-    kept = largest_component_per_class(labels.cpu().numpy(), num_classes)
+    only its largest 8-connected component (the BCP authors' implementation labels components with corner
+    neighbours; the paper does not say); the pixels of its other components become background."""
+    kept = largest_component_per_class(labels.cpu().numpy(), num_classes, connectivity=8)
     return torch.from_numpy(kept).to(labels.device)
 
 

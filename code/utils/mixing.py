@@ -6,6 +6,8 @@ True inside the region. Every function moves images and label maps through the s
 sample holds exactly the pixels of its sources and each pixel keeps its label. Random draws use torch's global
 generator on the CPU (the trainer saves and restores it), so a resumed run draws the same regions.
 """
+import math
+
 import torch
 
 
@@ -31,19 +33,23 @@ def bidirectional_copy_paste(a, b, crop):
     return torch.where(inside, b, a), torch.where(inside, a, b)
 
 
-def cutmix_boxes(n, size, prob, device):
-    """One CutMix box per sample (Yun et al., ICCV 2019): lam ~ U(0, 1), a box of sqrt(1 - lam) H x sqrt(1 - lam) W
-    (the image's aspect ratio) centred at a uniform point and clipped to the image; each sample gets its box
-    with probability `prob`, else none. -> bool (n, 1, H, W)."""
-    (h, w), u = size, torch.rand(n, 4)  # lam, centre y, centre x, whether to mix
-    side = (1.0 - u[:, 0]).sqrt()
-    rows, cols = torch.arange(h), torch.arange(w)
-    y0, y1 = ((u[:, 1] - side / 2) * h).round(), ((u[:, 1] + side / 2) * h).round()
-    x0, x1 = ((u[:, 2] - side / 2) * w).round(), ((u[:, 2] + side / 2) * w).round()
-    in_rows = (rows >= y0[:, None]) & (rows < y1[:, None])  # (n, H)
-    in_cols = (cols >= x0[:, None]) & (cols < x1[:, None])  # (n, W)
-    box = in_rows[:, :, None] & in_cols[:, None, :] & (u[:, 3] < prob)[:, None, None]
-    return box[:, None].to(device)
+def cutmix_boxes(n, size, prob, device, area=(0.02, 0.4), aspect=(0.3, 1 / 0.3)):
+    """One CutMix box per sample, drawn as UniMatch's medical setting draws it: area ~ U(area) of the slice,
+    aspect h / w ~ U(aspect), top-left corner uniform; aspect and corner are drawn again until the box lies inside
+    the slice. Each sample gets its box with probability `prob`, else none. -> bool (n, 1, H, W)."""
+    (h, w), box = size, torch.zeros(n, 1, *size, dtype=torch.bool)
+    for i in range(n):
+        if float(torch.rand(())) >= prob:
+            continue
+        pixels = h * w * float(torch.empty(()).uniform_(*area))
+        while True:
+            r = float(torch.empty(()).uniform_(*aspect))
+            bh, bw = int(math.sqrt(pixels * r)), int(math.sqrt(pixels / r))
+            y0, x0 = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
+            if y0 + bh <= h and x0 + bw <= w:
+                break
+        box[i, 0, y0:y0 + bh, x0:x0 + bw] = True
+    return box.to(device)
 
 
 def cutmix_partners(n):
