@@ -36,8 +36,8 @@ def seg_loss(logits, target):
 def masked_seg_loss(logits, target, mask):
     """L_seg(Q, Y) ⊙ M in BCP's notation, normalised as the BCP authors' implementation does: (CE averaged over the
     pixels mask (B, H, W) in {0, 1} covers + Dice over those pixels) / 2; an all-ones mask gives seg_loss / 2."""
-    m = mask.to(logits.dtype)
-    ce = (F.cross_entropy(logits, target, reduction="none") * m).sum() / m.sum().clamp_min(1e-16)
+    m = mask.float()  # a pixel count in bf16 would round above 256
+    ce = (F.cross_entropy(logits.float(), target, reduction="none") * m).sum() / m.sum().clamp_min(1e-16)
     return (ce + dice_loss(logits.softmax(1), target, mask=mask)) / 2
 
 
