@@ -1,7 +1,7 @@
 """UniMatch: FixMatch whose weak-view pseudo labels also teach a feature-perturbed stream and two CutMix strong views.
 Paper: Yang et al., Revisiting Weak-to-Strong Consistency in Semi-Supervised Semantic Segmentation (CVPR 2023),
 in its medical setting (ACDC, U-Net).
-Specific flags: --conf_thresh --fp_dropout --cutmix_prob.
+Specific flags: --conf_thresh --fp_dropout --cutmix_prob --absent_classes.
 
 The paper's loss (Sec. 3), for a batch of labeled slices x and unlabeled slices u:
   pseudo label   p^w = f(u^w) (no gradient), ŷ = argmax p^w, kept where max p^w >= τ (τ = 0.95, its medical setting)
@@ -40,6 +40,9 @@ def parse_args(argv):
     g.add_argument("--conf_thresh", type=float, default=0.95, help="τ: pseudo labels count where max p^w >= τ")
     g.add_argument("--fp_dropout", type=float, default=0.5, help="channel dropout of the feature-perturbed stream")
     g.add_argument("--cutmix_prob", type=float, default=0.5, help="probability that a strong view is CutMix-ed")
+    g.add_argument("--absent_classes", choices=["count", "skip"], default="count",
+                   help="a class with no confident pseudo-label pixel in the batch: 'count' scores it in the "
+                   "unlabeled Dice (~1 until its probability is driven to ~0; the authors' code), 'skip' leaves it out")
     args = p.parse_args(argv)
     if not (0 <= args.conf_thresh <= 1 and 0 <= args.fp_dropout < 1 and 0 <= args.cutmix_prob <= 1):
         raise UsageError(f"--conf_thresh {args.conf_thresh} and --cutmix_prob {args.cutmix_prob} must be in [0, 1], "
@@ -53,6 +56,10 @@ def build(args, run):
     optimizer = torch.optim.SGD(net.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=1e-4)
     model = run.wrap(net)  # DDP under torchrun, `net` itself otherwise
     tau, lbs = args.conf_thresh, args.labeled_bs
+    skip_absent = args.absent_classes == "skip"
+
+    def dice_u(probs, pseudo, mask):  # H: Dice over the confident pixels
+        return dice_loss(probs, pseudo, mask=mask, skip_absent=skip_absent)
 
     def strong_stream(view, conf, pseudo):  # CutMix one strong view -> (image, pseudo labels, confident pixels)
         box = cutmix_boxes(len(view), args.patch_size, args.cutmix_prob, view.device)  # (B_u,1,H,W)
@@ -67,9 +74,9 @@ def build(args, run):
         (u_s1, y_1, keep_1), (u_s2, y_2, keep_2) = (strong_stream(view, conf, pseudo) for view in strong)
         logits_s1, logits_s2 = model(torch.cat([u_s1, u_s2])).chunk(2)
         loss_s = seg_loss(logits[:lbs], label) / 2
-        loss_fp = dice_loss(logits_fp.softmax(1), pseudo, mask=conf >= tau)
-        loss_s1 = dice_loss(logits_s1.softmax(1), y_1, mask=keep_1)
-        loss_s2 = dice_loss(logits_s2.softmax(1), y_2, mask=keep_2)
+        loss_fp = dice_u(logits_fp.softmax(1), pseudo, mask=conf >= tau)
+        loss_s1 = dice_u(logits_s1.softmax(1), y_1, mask=keep_1)
+        loss_s2 = dice_u(logits_s2.softmax(1), y_2, mask=keep_2)
         loss_u = 0.5 * loss_fp + 0.25 * (loss_s1 + loss_s2)
         run.backward_step(optimizer, (loss_s + loss_u) / 2, "L_unimatch")
         return {"seg/sup": loss_s, "unimatch/fp": loss_fp, "unimatch/s1": loss_s1, "unimatch/s2": loss_s2,

@@ -46,6 +46,16 @@ def test_new_baseline_trains_and_test_acdc_reads_its_checkpoint(tiny_root, tmp_p
     assert summary["num_cases"] == 4 and 0.0 <= summary["mean"]["dice"]["mean"] <= 1.0
 
 
+def test_unimatch_absent_classes_flag_reaches_its_three_unlabeled_dice_terms(tiny_root, tmp_path, monkeypatch):
+    seen, real = [], train_unimatch_ACDC.dice_loss
+    monkeypatch.setattr(train_unimatch_ACDC, "dice_loss", lambda *a, **k: seen.append(k["skip_absent"]) or real(*a, **k))
+    for mode, skip in (("count", False), ("skip", True)):
+        train_unimatch_ACDC.main(["--root_path", tiny_root, *SMALL, "--max_iterations", "1", "--val_interval", "1",
+                                  "--snapshot_dir", str(tmp_path / mode), "--absent_classes", mode])
+        assert seen == [skip] * 3, (mode, seen)  # fp, s1, s2 (the supervised Dice is seg_loss's own)
+        seen.clear()
+
+
 @pytest.mark.parametrize("name", ["bcp", "abd"])
 def test_resume_across_the_pretraining_switch_equals_the_straight_run(tiny_root, tmp_path, name):
     """Stopped exactly at the switch (last.pth at the end of pre-training), then run on: the teacher's copy of the
@@ -211,6 +221,21 @@ def test_cutmix_boxes_are_rectangles_of_unimatchs_area_and_aspect_inside_the_sli
     assert 0.15 < float(frac.mean()) < 0.25  # U(0.02, 0.4): mean 0.21, a little less after truncation
     half = cutmix_boxes(400, (32, 32), 0.5, "cpu").flatten(1).any(1).float().mean()
     assert 0.4 < float(half) < 0.6
+
+
+def test_dice_loss_counts_or_skips_a_class_absent_from_the_masked_target():
+    """Two pixels under the mask, both background: class 1 is absent there. Hand computation with s = 1e-5:
+    background 1 - (2*0.9 + s) / (0.81 + 2 + s) and the same for 0.7 / 0.49 pooled; class 1 1 - s / (sum p^2 + s)."""
+    probs = torch.tensor([[0.9, 0.7, 0.2], [0.1, 0.3, 0.8]]).view(1, 2, 1, 3)  # (B=1, C=2, 1, 3)
+    target = torch.tensor([[[0, 0, 1]]])
+    mask = torch.tensor([[[1, 1, 0]]])  # the class-1 pixel is not confident
+    s = 1e-5
+    bg = 1 - (2 * (0.9 + 0.7) + s) / ((0.81 + 0.49) + 2 + s)
+    fg = 1 - s / ((0.01 + 0.09) + s)  # ~1: absent, yet scored
+    assert float(dice_loss(probs, target, mask=mask)) == pytest.approx((bg + fg) / 2, abs=1e-6)  # fp32 sums
+    assert float(dice_loss(probs, target, mask=mask, skip_absent=True)) == pytest.approx(bg, abs=1e-6)
+    assert float(dice_loss(probs, target, skip_absent=True)) == pytest.approx(float(dice_loss(probs, target)))
+    assert float(dice_loss(probs, target, mask=torch.zeros_like(mask), skip_absent=True)) == 0.0
 
 
 def test_largest_component_keeps_exactly_one_component_per_class():

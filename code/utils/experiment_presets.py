@@ -27,6 +27,9 @@ METHODS = {
     # supervised script with every training label (the upper bound under the same budget)
     "supervised-lambda0": ("train_fixmatch_ACDC", ["--consistency", "0"]),
     "supervised-full": ("train_fully_supervised_ACDC", []),
+    # a check of UniMatch's collapse at the CPU budget: its unlabeled Dice without the classes that have no
+    # confident pixel in the batch
+    "unimatch-skip_absent": ("train_unimatch_ACDC", ["--absent_classes", "skip"]),
 }
 BASELINES = ["supervised", "fixmatch", "uamt", "cps", "ict", "mcnetv2", "incl"]
 RECENT = ["bcp", "abd", "unimatch"]  # their own schedules and no ramp: no semi-supervised flags from a preset
@@ -130,11 +133,13 @@ PRESETS = {p.name: p for p in [
            "consistency ramp 8, DiffRect's rectification from iteration 400; DiffRect also at the authors' ramp 200; "
            "controls supervised-lambda0 (FixMatch's batches, no unlabeled loss) and supervised-full (all labels); "
            "BCP, ABD and UniMatch in the same 1200 iterations, BCP's and ABD's pre-training included (300 + 900, "
-           "their papers' 1 : 3), so the comparison is one of methods, not of budgets",
+           "their papers' 1 : 3), so the comparison is one of methods, not of budgets; UniMatch also without the classes "
+           "absent from its confident pseudo labels (unimatch-skip_absent)",
            "data/ACDC", _runs(BASELINES + CONTROLS + ["meanteacher", "diffrect", "diffrect-ramp200"], (3,), _CPU,
                               {"diffrect": ["--refine_start", "400"],
                                "diffrect-ramp200": ["--refine_start", "400", "--consistency_rampup", "200"]},
-                              semi=("--consistency_rampup", "8")) + _runs(RECENT, (3,), _CPU)),
+                              semi=("--consistency_rampup", "8")) + _runs(RECENT, (3,), _CPU)
+           + _runs(["unimatch-skip_absent"], (3,), _CPU)),
     Preset("cpu-acdc-long", "does the CPU protocol's ranking survive a longer budget: FixMatch and DiffRect at "
            "3600 iterations (3x), the ramp (24) and DiffRect's rectification start (1200) scaled with it",
            "data/ACDC", _runs(["fixmatch", "diffrect"], (3,), _replace(_CPU, "--max_iterations", "3600"),

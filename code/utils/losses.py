@@ -12,10 +12,12 @@ from dataloaders.components import largest_component_per_class
 SMOOTH = 1e-5  # the SSL4MIS Dice smoothing; also makes a class absent from both maps score 1
 
 
-def dice_loss(probs, target, num_classes=None, mask=None):
+def dice_loss(probs, target, num_classes=None, mask=None, skip_absent=False):
     """Mean over all C classes (background included) of 1 - (2 sum pg + s) / (sum p^2 + sum g^2 + s),
     pooled over the batch. probs (B, C, H, W) in [0, 1]; target (B, H, W) long; mask (B, H, W) in {0, 1} or
-    None: the sums run over the pixels it covers only (p and g are multiplied by it)."""
+    None: the sums run over the pixels it covers only (p and g are multiplied by it).
+    A class absent from the (masked) target scores ~1 until sum p^2 falls below s, which pushes its probability
+    to ~0 wherever the sums run; skip_absent=True leaves such classes out of the mean (0 if every class is)."""
     c = probs.shape[1] if num_classes is None else num_classes
     probs = probs.float()  # sums over many pixels: fp32 even under --amp
     g = F.one_hot(target, c).permute(0, 3, 1, 2).to(probs.dtype)
@@ -24,8 +26,12 @@ def dice_loss(probs, target, num_classes=None, mask=None):
         probs, g = probs * m, g * m
     dims = (0, 2, 3)
     inter = (probs * g).sum(dims)
-    union = (probs * probs).sum(dims) + g.sum(dims)
-    return (1.0 - (2.0 * inter + SMOOTH) / (union + SMOOTH)).mean()
+    g_sum = g.sum(dims)
+    per_class = 1.0 - (2.0 * inter + SMOOTH) / ((probs * probs).sum(dims) + g_sum + SMOOTH)  # (C,)
+    if skip_absent:
+        present = (g_sum > 0).to(per_class.dtype)
+        return (per_class * present).sum() / present.sum().clamp_min(1.0)
+    return per_class.mean()
 
 
 def seg_loss(logits, target):
