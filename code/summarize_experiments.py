@@ -333,6 +333,13 @@ def _ci(e, metric):
     return f"{_pct(e['mean'], metric)} [{_pct(e['ci'][0], metric)}, {_pct(e['ci'][1], metric)}]"
 
 
+def _signed(v):
+    """+1.23 / -0.004: two decimals, or one significant digit where two decimals would print a nonzero bound as
+    ±0.00 (whether a CI reaches zero is what the reader looks for)."""
+    text = f"{v:+.2f}"
+    return f"{v:+.1g}" if v != 0 and float(text) == 0 else text
+
+
 def _p(p):
     return "–" if p is None or np.isnan(p) else f"{p:.3g}"
 
@@ -368,7 +375,7 @@ def write_markdown(path, groups, keys, attempts, against, preset, dropped, notes
             spread = f"{np.std(means, ddof=1):.2f} ({min(means):.2f}–{max(means):.2f})" if len(means) > 1 else "–"
             runs = f"{d['runs']}" + (f" + {len(extra)} summary-only" if extra else "")
             delta = "–" if "diff" not in d else \
-                f"{100 * d['diff']:+.2f} [{100 * d['diff_ci'][0]:+.2f}, {100 * d['diff_ci'][1]:+.2f}]"
+                f"{_signed(100 * d['diff'])} [{_signed(100 * d['diff_ci'][0])}, {_signed(100 * d['diff_ci'][1])}]"
             prob = "–" if "prob" not in d else f"{d['prob']:.2f}"
             cells = [f"{m}{' †' if m in notes else ''}", runs, _ci(d, "dice"), delta, prob, _p(d.get("p_holm")),
                      spread] + [_pct(e[(metric, "mean")]["mean"], metric) for metric in METRICS[1:]] + \

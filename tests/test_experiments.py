@@ -286,3 +286,8 @@ def test_a_damaged_run_json_is_named(sweep, tmp_path):
     with pytest.raises(run_experiments.UsageError, match=r"supervised_3_seed1337/run.json: damaged .*git checkout"):
         run_experiments.main(["--preset", "smoke", "--methods", "supervised", "--seeds", "1337", "--root_path",
                               str(base / "data"), "--out", str(tmp_path)])
+
+
+def test_a_difference_bound_that_rounds_to_zero_keeps_its_sign_and_a_digit():
+    assert [summarize_experiments._signed(v) for v in (-22.371, 7.6849, -0.0042, 0.0)] == \
+        ["-22.37", "+7.68", "-0.004", "+0.00"]
