@@ -21,6 +21,8 @@ Choices (ours): the strong perturbation is this project's photometric strong vie
 u^s1 and its second, independent draw image_strong2 for u^s2); a slice's CutMix partner is another unlabeled slice
 of the batch, with its pseudo labels from the same forward pass (the authors' code draws a second unlabeled batch
 and labels it in a separate pass).
+--absent_classes skip (not the authors'): a class with no confident pixel in the batch leaves the unlabeled Dice
+instead of scoring ~1 there (docs/method.md, CPU protocol: UniMatch's collapse at that budget).
 """
 import torch
 

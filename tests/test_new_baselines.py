@@ -48,7 +48,8 @@ def test_new_baseline_trains_and_test_acdc_reads_its_checkpoint(tiny_root, tmp_p
 
 def test_unimatch_absent_classes_flag_reaches_its_three_unlabeled_dice_terms(tiny_root, tmp_path, monkeypatch):
     seen, real = [], train_unimatch_ACDC.dice_loss
-    monkeypatch.setattr(train_unimatch_ACDC, "dice_loss", lambda *a, **k: seen.append(k["skip_absent"]) or real(*a, **k))
+    monkeypatch.setattr(train_unimatch_ACDC, "dice_loss",
+                        lambda *a, **k: seen.append(k["skip_absent"]) or real(*a, **k))
     for mode, skip in (("count", False), ("skip", True)):
         train_unimatch_ACDC.main(["--root_path", tiny_root, *SMALL, "--max_iterations", "1", "--val_interval", "1",
                                   "--snapshot_dir", str(tmp_path / mode), "--absent_classes", mode])

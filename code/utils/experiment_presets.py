@@ -133,8 +133,8 @@ PRESETS = {p.name: p for p in [
            "consistency ramp 8, DiffRect's rectification from iteration 400; DiffRect also at the authors' ramp 200; "
            "controls supervised-lambda0 (FixMatch's batches, no unlabeled loss) and supervised-full (all labels); "
            "BCP, ABD and UniMatch in the same 1200 iterations, BCP's and ABD's pre-training included (300 + 900, "
-           "their papers' 1 : 3), so the comparison is one of methods, not of budgets; UniMatch also without the classes "
-           "absent from its confident pseudo labels (unimatch-skip_absent)",
+           "their papers' 1 : 3), so the comparison is one of methods, not of budgets; UniMatch also without the "
+           "classes absent from its confident pseudo labels (unimatch-skip_absent)",
            "data/ACDC", _runs(BASELINES + CONTROLS + ["meanteacher", "diffrect", "diffrect-ramp200"], (3,), _CPU,
                               {"diffrect": ["--refine_start", "400"],
                                "diffrect-ramp200": ["--refine_start", "400", "--consistency_rampup", "200"]},
