@@ -255,14 +255,18 @@ def _start(job, gpu, max_run_iterations):
     return subprocess.Popen(cmd, cwd=CODE, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def _iteration(job):
-    """The saved iteration of an unfinished run, from its train_terms/val curve (cheap; no torch load)."""
-    curve = os.path.join(job["folder"], "val_curve.csv")
-    if not os.path.isfile(curve):
-        return 0
-    with open(curve) as f:
-        rows = f.read().split()
-    return int(rows[-1].split(",")[0]) if len(rows) > 1 else 0
+def _logged_iteration(job):
+    """The last iteration an unfinished run logged (train_terms.csv, every --log_interval; cheap, no torch load).
+    Its last.pth may be a few iterations later (saved on SIGTERM); the trainer's log names the exact one."""
+    logged = 0
+    for name in ("train_terms.csv", "val_curve.csv"):
+        path = os.path.join(job["folder"], name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows = f.read().split()
+            if len(rows) > 1:
+                logged = max(logged, int(float(rows[-1].split(",")[0])))
+    return logged
 
 
 def main(argv=None):
@@ -331,7 +335,7 @@ def main(argv=None):
                 continue
             gpu = slots.pop(0)
             state, _ = state_of(job)
-            note = f"resuming from iteration {_iteration(job)}" if state in ("interrupted", "training", "failed") \
+            note = f"resuming from last.pth (logged to iteration {_logged_iteration(job)})" if state in ("interrupted", "training", "failed") \
                 else "starting"
             print(f"[{i}/{n}] {os.path.basename(job['folder'])}: {note}{'' if gpu is None else f' on GPU {gpu}'}; "
                   f"{len(queue)} queued after it", flush=True)

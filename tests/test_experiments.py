@@ -65,10 +65,18 @@ def test_killed_run_resumes_to_the_uninterrupted_result(sweep, tmp_path):
     proc.wait()
     assert (folder / "last.pth").exists() and not (folder / "unet_final_model.pth").exists()
     out = subprocess.run(argv, cwd=CODE, capture_output=True, text=True, check=True).stdout
-    assert "resuming from iteration" in out and "done" in out
+    assert "resuming from last.pth (logged to iteration" in out and "done" in out
     for name in ("unet_final_model.pth", "unet_best_model.pth"):
         a, b = _weights(os.path.join(straight, name)), _weights(str(folder / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_resume_note_names_the_last_logged_iteration(tmp_path):
+    # a run stopped between validations: its train terms reach further than its val curve
+    (tmp_path / "train_terms.csv").write_text("iteration,seg/sup\n20.0,0.5\n40.0,0.4\n")
+    (tmp_path / "val_curve.csv").write_text("iteration,dice\n")
+    assert run_experiments._logged_iteration({"folder": str(tmp_path)}) == 40
+    assert run_experiments._logged_iteration({"folder": str(tmp_path / "absent")}) == 0
 
 
 def test_max_run_iterations_interrupts_and_the_next_call_finishes(sweep, tmp_path, capsys):
