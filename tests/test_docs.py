@@ -2,6 +2,7 @@
 their code blocks names a script and flags that its --help lists, every docs page is linked from the README and
 links back, and the README stays a short read."""
 import functools
+import math
 import os
 import re
 import shlex
@@ -153,3 +154,74 @@ def test_the_checks_catch_what_they_check(tmp_path):
     assert broken_links(str(page)) == ["missing.md: no such file " + rel(str(tmp_path / "missing.md")),
                                        "other.md#nowhere: no heading #nowhere in " + rel(str(tmp_path / "other.md"))]
     assert commands(str(page)) == [(4, "code/x.py", ("sub",), ["--a", "--b", "--c"])]
+
+
+def primary_table(results_md):
+    """The first six columns of results.md's primary table: what the README shows."""
+    lines = results_md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Primary"))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")][:6])
+        elif rows:
+            break
+    return [r for r in rows if not set("".join(r)) <= set("-")]  # without the |---| row
+
+
+def same_table(a, b):
+    """Equal text, except that unrounded numbers (the CSVs) may differ in their last bits: another CPU's numpy
+    may sum in another order."""
+    rows_a, rows_b = a.splitlines(), b.splitlines()
+    if len(rows_a) != len(rows_b):
+        return False
+    for row_a, row_b in zip(rows_a, rows_b):
+        cells_a, cells_b = row_a.split(","), row_b.split(",")
+        if len(cells_a) != len(cells_b):
+            return False
+        for x, y in zip(cells_a, cells_b):
+            if x == y:
+                continue
+            try:
+                fx, fy = float(x), float(y)
+            except ValueError:
+                return False
+            if not math.isclose(fx, fy, rel_tol=1e-9, abs_tol=1e-12):
+                return False
+    return True
+
+
+def test_the_readme_results_reproduce_from_the_committed_runs(tmp_path):
+    # what a fresh clone has: the files git tracks under the preset's folder (no checkpoints, no unfinished runs)
+    preset = "model/experiments/cpu-acdc"
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", preset], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the committed files are unknown")
+    tracked = [f for f in listed.decode().split("\0") if f]
+    if not tracked:
+        pytest.skip(f"no committed runs under {preset}")
+    copy = tmp_path / "cpu-acdc"
+    for f in tracked:
+        dst = copy / os.path.relpath(f, preset)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(ROOT, f), "rb") as src:
+            dst.write_bytes(src.read())
+    results = {name: (copy / name).read_text() for name in ("results.md", "results.csv", "ranks.csv")}
+    subprocess.run([sys.executable, os.path.join(ROOT, "code", "summarize_experiments.py"), str(copy)],
+                   cwd=ROOT, capture_output=True, check=True)
+    for name, committed in results.items():
+        assert same_table((copy / name).read_text(), committed), \
+            f"{preset}/{name} is not what summarize_experiments.py writes from the committed runs: rerun it and commit"
+    with open(README, encoding="utf-8") as f:
+        readme = f.read()
+    table = primary_table("## Primary\n" + readme[readme.index("| method | runs | Dice [95 % CI]"):])
+    assert table == primary_table(results["results.md"]), "README's results table is not results.md's primary table"
+
+
+def test_same_table_forgives_only_the_last_bits():
+    assert same_table("m,x\na,0.30000000000000004\n", "m,x\na,0.3\n")
+    assert same_table("a,nan\n", "a,nan\n")
+    assert not same_table("a,0.3\n", "a,0.31\n")
+    assert not same_table("| abd | 69.08 [59.32, 77.83] |", "| abd | 69.08 [59.32, 77.84] |")
+    assert not same_table("a,0.3\n", "a,0.3\nb,0.1\n")
