@@ -1,6 +1,7 @@
 """README.md and docs/: every relative link resolves to a file (and heading anchor) that exists, every command in
 their code blocks names a script and flags that its --help lists, every docs page is linked from the README and
-links back, and the README stays a short read."""
+links back, the README stays a short read, and its results table is what summarize_experiments.py writes from the
+committed runs."""
 import functools
 import math
 import os
