@@ -46,6 +46,17 @@ def test_patients_are_resampled_together_across_methods():
                           hierarchical_bootstrap({"a": a}, 500, seed=3)["a"])
 
 
+def test_a_methods_samples_stay_when_another_method_gains_a_run():
+    """Each method's run draws have their own stream: adding a run to b, or a method c, or reordering the table
+    leaves a's bootstrap samples bit for bit (its CI cannot move because another method got a run)."""
+    a = np.array([[0.1, 0.5, 0.9, 0.3], [0.2, 0.4, 0.8, 0.6]])
+    b = np.array([[0.3, 0.3, 0.7, 0.5]])
+    before = hierarchical_bootstrap({"a": a, "b": b}, 500, seed=3)
+    after = hierarchical_bootstrap({"c": a * 0.5, "b": np.vstack([b, b + 0.2]), "a": a}, 500, seed=3)
+    assert np.array_equal(before["a"], after["a"])
+    assert not np.array_equal(before["b"], after["b"])  # b's own samples do change with its new run
+
+
 def test_percentile_ci():
     assert percentile_ci(np.arange(101.0)) == pytest.approx((2.5, 97.5))
 

@@ -6,7 +6,8 @@ Frames of one patient are not independent cases, so nothing here counts them twi
 
 - `hierarchical_bootstrap`: B bootstrap samples of each method's mean: its runs resampled with replacement, then
   the patients resampled with replacement. The patient resample is drawn once per sample and shared by every
-  method (the methods were scored on the same patients), so differences and ranks are paired by patient;
+  method (the methods were scored on the same patients), so differences and ranks are paired by patient; each
+  method's run draws have a stream of their own, so adding runs of one method leaves the others' samples as they were;
 - `probability_of_improvement`: the share of (patient, run of A, run of B) comparisons in which A scores better
   (ties count one half);
 - `wilcoxon_patients`: a paired two-sided Wilcoxon signed-rank test over patients of run-averaged scores;
@@ -15,6 +16,7 @@ Frames of one patient are not independent cases, so nothing here counts them twi
   stability).
 """
 import re
+import zlib
 
 import numpy as np
 
@@ -41,10 +43,13 @@ def score_matrix(runs, patients):
                                                                                                     len(patients))
 
 
-def bootstrap_indices(n_runs, n_patients, n_samples, rng):
-    """-> (run indices per method {method: (B, runs)}, patient indices (B, patients)). n_runs: {method: runs}."""
-    runs = {m: rng.integers(0, n, size=(n_samples, n)) for m, n in n_runs.items()}
-    patients = rng.integers(0, n_patients, size=(n_samples, n_patients))
+def bootstrap_indices(n_runs, n_patients, n_samples, seed):
+    """-> (run indices per method {method: (B, runs)}, patient indices (B, patients)). n_runs: {method: runs}.
+    The patient draws come from `seed` alone and each method's run draws from `seed` and the method's name, so a
+    run added to one method (or a method added to the table) moves no other method's samples."""
+    patients = np.random.default_rng(seed).integers(0, n_patients, size=(n_samples, n_patients))
+    runs = {m: np.random.default_rng([seed, zlib.crc32(m.encode())]).integers(0, n, size=(n_samples, n))
+            for m, n in n_runs.items()}
     return runs, patients
 
 
@@ -57,10 +62,9 @@ def bootstrap_means(matrix, run_idx, patient_idx):
 
 def hierarchical_bootstrap(matrices, n_samples=10000, seed=0):
     """{method: (runs, patients) matrix}, all over the same patients -> {method: (B,) bootstrap means}."""
-    rng = np.random.default_rng(seed)
     n_patients = next(iter(matrices.values())).shape[1]
     run_idx, patient_idx = bootstrap_indices({m: x.shape[0] for m, x in matrices.items()}, n_patients, n_samples,
-                                             rng)
+                                             seed)
     return {m: bootstrap_means(x, run_idx[m], patient_idx) for m, x in matrices.items()}
 
 
