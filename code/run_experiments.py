@@ -335,8 +335,9 @@ def main(argv=None):
                 continue
             gpu = slots.pop(0)
             state, _ = state_of(job)
-            note = f"resuming from last.pth (logged to iteration {_logged_iteration(job)})" if state in ("interrupted", "training", "failed") \
-                else "starting"
+            unfinished = state in ("interrupted", "training", "failed")
+            note = (f"resuming from last.pth (logged to iteration {_logged_iteration(job)})" if unfinished
+                    else "starting")
             print(f"[{i}/{n}] {os.path.basename(job['folder'])}: {note}{'' if gpu is None else f' on GPU {gpu}'}; "
                   f"{len(queue)} queued after it", flush=True)
             running[i] = (job, gpu, *_start(job, gpu, args.max_run_iterations), time.time())
