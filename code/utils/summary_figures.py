@@ -155,8 +155,9 @@ def write_figures(folder, attempts, groups, ranks, keys, against, preset):
                     ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if grid[i, j] > 0.6 else "black")
         ax.set_xticks(range(grid.shape[1]), [str(r + 1) for r in range(grid.shape[1])])
-        ax.set_yticks(range(len(order)), order, fontsize=8)
-        n = sum(groups[key][m][("dice", "mean")]["runs"] for m in groups[key])
+        runs = {m: groups[key][m][("dice", "mean")]["runs"] for m in order}  # the ranked methods only
+        ax.set_yticks(range(len(order)), [f"{m} ({_runs(runs[m])})" for m in order], fontsize=8)
+        n = sum(runs.values())
         ax.set(xlabel="rank by mean Dice (1 = best)", title=f"{data} {split}, {preset}, --labelnum {labelnum}, "
                f"{_CHECKPOINT[kind]}, {_runs(n)}\n% of bootstrap samples (runs, then patients) at each rank")
     _save(fig, os.path.join(folder, "ranks.png"))
