@@ -4,8 +4,8 @@
 its attempt number, provenance (code commit and hash, machine, data fingerprint, seconds; utils/provenance.py), the
 val curve and the best and final checkpoints' scores. A rerun of a finished run (run_experiments.py --rerun)
 moves the old attempt's files to `<run>/attempts/<n>/` and appends the new attempt: both stay results.
-An attempt known only from its recorded curve (its folder is gone) is `"summary_only": true`; it counts in a
-method's spread of run means but cannot join the patient-level statistics.
+An attempt known only from its recorded scores (a curve, or only best and final; its folder is gone) is
+`"summary_only": true`; it counts in a method's spread of run means but cannot join the patient-level statistics.
 """
 import csv
 import json
