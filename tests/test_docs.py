@@ -192,10 +192,10 @@ def same_table(a, b):
     return True
 
 
-@pytest.mark.parametrize("name", ["cpu-acdc", "cpu-acdc-long"])
-def test_the_readme_results_reproduce_from_the_committed_runs(tmp_path, name):
+@pytest.mark.parametrize("preset_name", ["cpu-acdc", "cpu-acdc-long"])
+def test_the_readme_results_reproduce_from_the_committed_runs(tmp_path, preset_name):
     # what a fresh clone has: the files git tracks under the preset's folder (no checkpoints, no unfinished runs)
-    preset = f"model/experiments/{name}"
+    preset = f"model/experiments/{preset_name}"
     try:
         listed = subprocess.run(["git", "ls-files", "-z", preset], cwd=ROOT, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
@@ -203,7 +203,7 @@ def test_the_readme_results_reproduce_from_the_committed_runs(tmp_path, name):
     tracked = [f for f in listed.decode().split("\0") if f]
     if not tracked:
         pytest.skip(f"no committed runs under {preset}")
-    copy = tmp_path / name
+    copy = tmp_path / preset_name
     for f in tracked:
         dst = copy / os.path.relpath(f, preset)
         dst.parent.mkdir(parents=True, exist_ok=True)
