@@ -1,12 +1,10 @@
 """The summary's figures say what they show: titles name dataset, split, preset, checkpoint and run count; one-run
 methods are dashed and labelled "1 run"; legends sit outside the axes; the rank figure counts the ranked runs."""
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "code"))
-import utils.summary_figures as summary_figures  # noqa: E402
+import utils.summary_figures as summary_figures
 
 
 def _attempt(method, seed, labelnum=3):
