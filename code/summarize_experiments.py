@@ -54,7 +54,8 @@ NOT_RUN_DEFINING = ("--seed", "--snapshot_dir", "--root_path", "--gpu", "--max_r
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="a preset's folder, e.g. model/experiments/cpu-acdc")
-    p.add_argument("--against", default="diffrect", help="the method the others are compared with")
+    p.add_argument("--against", help="the method the others are compared with (default: diffrect; while it has no "
+                   "finished run, the tables have no differences)")
     p.add_argument("--exclude", action="append", default=[], metavar="RUN:ATTEMPT",
                    help="leave one attempt out, e.g. diffrect_3_seed1337:1 (repeatable; needs --why)")
     p.add_argument("--why", action="append", default=[], help="the reason for each --exclude (one for all, or one "
@@ -352,6 +353,8 @@ def write_markdown(path, groups, keys, attempts, against, preset, dropped, notes
              f"the method beats {against}. p: paired Wilcoxon signed-rank test over patients of run-averaged Dice, "
              "Holm-corrected over the table's comparisons. Runs: every finished attempt of every seed. Dice and "
              "Jaccard in %, HD95 and ASD as evaluated (voxels unless --use_spacing).", ""]
+    if not any(against in group for group in groups.values()):
+        lines += [f"No finished run of {against} yet: no differences (Δ, P(better), p) until it has one.", ""]
     for key in keys:
         if key not in groups:
             continue
@@ -433,7 +436,9 @@ def main(argv=None):
     scored = [a for a in attempts if a["evals"]]
     if not scored:
         raise UsageError(f"{args.folder}: no finished runs (run.json with state done); run run_experiments.py first")
-    if args.against not in {a["method"] for a in scored}:
+    if args.against is None:  # the default reference may not have finished yet: tables without differences
+        args.against = "diffrect"
+    elif args.against not in {a["method"] for a in scored}:
         raise UsageError(f"--against {args.against}: no finished run of that method in {args.folder}")
     check_same_flags(attempts)
     rows, groups, ranks, boot, keys = summarize(scored, args.against, args.bootstrap, args.bootstrap_seed)

@@ -198,6 +198,27 @@ def test_presets_and_flags(capsys, tmp_path):
         run_experiments.main(["--preset", "cpu-acdc", "--root_path", str(tmp_path / "none")])
 
 
+def test_a_preset_summarizes_before_its_reference_method_has_finished(sweep, tmp_path):
+    """The default reference (diffrect) has no run yet: tables without differences, said so, and no forest plot
+    (a stale one goes); a reference named with --against must exist."""
+    import shutil
+
+    from utils.config import UsageError
+
+    base, _, _ = sweep
+    folder = tmp_path / "smoke"
+    shutil.copytree(base / "out" / "smoke", folder, ignore=shutil.ignore_patterns("*.pth"))
+    (folder / "figures").mkdir(exist_ok=True)
+    (folder / "figures" / "forest.png").write_bytes(b"stale")
+    rows = summarize_experiments.main([str(folder)])
+    assert {r["method"] for r in rows} == {"supervised", "fixmatch"} and all(np.isnan(r["diff"]) for r in rows)
+    md = (folder / "results.md").read_text()
+    assert "No finished run of diffrect yet: no differences" in md and "| fixmatch | 2 |" in md
+    assert sorted(os.listdir(folder / "figures")) == ["dice_bars.png", "ranks.png", "val_dice.png"]
+    with pytest.raises(UsageError, match="--against uamt: no finished run of that method"):
+        summarize_experiments.main([str(folder), "--against", "uamt"])
+
+
 def test_ledger_keeps_every_attempt_with_its_provenance(sweep, tmp_path, capsys):
     """Each finished run is one ledger line with its provenance; a run is trained again only with --rerun, which
     moves the old attempt to <run>/attempts/1/ and appends attempt 2: both stay."""

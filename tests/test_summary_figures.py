@@ -58,3 +58,12 @@ def test_titles_labels_and_run_counts(tmp_path, monkeypatch):
 
     bars = figures["dice_bars.png"].axes[0]
     assert "final checkpoint" in bars.get_title() and "8 runs" in bars.get_title()
+
+
+def test_no_forest_without_a_reference_and_no_ranks_for_one_method(tmp_path):
+    key = (3, "final", "val")
+    (tmp_path / "forest.png").write_bytes(b"stale")
+    (tmp_path / "ranks.png").write_bytes(b"stale")
+    summary_figures.write_figures(str(tmp_path), [_attempt("fixmatch", 1)], {key: {"fixmatch": _entry(0.48, 1)}},
+                                  {key: {"fixmatch": np.array([1.0])}}, [key], "diffrect", "cpu-acdc-long")
+    assert sorted(os.listdir(tmp_path)) == ["dice_bars.png", "val_dice.png"]

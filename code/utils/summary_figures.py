@@ -115,7 +115,26 @@ def write_figures(folder, attempts, groups, ranks, keys, against, preset):
     _save(fig, os.path.join(folder, "dice_bars.png"))
     plt.close(fig)
 
-    # forest plot: each method's difference to `against`
+    # forest plot: each method's difference to `against`; none while `against` has no finished run
+    if not any("diff" in e[("dice", "mean")] for k in main_keys for e in groups[k].values()):
+        _remove(os.path.join(folder, "forest.png"))
+    else:
+        forest_figure(plt, folder, groups, main_keys, palette, against, data, preset)
+
+    # rank stability over the bootstrap samples; none with fewer than two ranked methods
+    if max(len(ranks[k]) for k in main_keys) < 2:
+        _remove(os.path.join(folder, "ranks.png"))
+    else:
+        ranks_figure(plt, folder, groups, ranks, main_keys, palette, data, preset)
+
+
+def _remove(path):
+    """A figure that no longer applies goes, so that a folder never shows one from an earlier summary."""
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def forest_figure(plt, folder, groups, main_keys, palette, against, data, preset):
     fig, axes = plt.subplots(1, len(main_keys), figsize=(7 * len(main_keys), 0.45 * len(palette) + 1.8),
                              squeeze=False)
     for ax, key in zip(axes[0], main_keys):
@@ -140,7 +159,8 @@ def write_figures(folder, attempts, groups, ranks, keys, against, preset):
     _save(fig, os.path.join(folder, "forest.png"))
     plt.close(fig)
 
-    # rank stability over the bootstrap samples
+
+def ranks_figure(plt, folder, groups, ranks, main_keys, palette, data, preset):
     fig, axes = plt.subplots(1, len(main_keys), figsize=(0.6 * len(palette) + 4 * len(main_keys),
                                                         0.45 * len(palette) + 1.8), squeeze=False)
     for ax, key in zip(axes[0], main_keys):
