@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from networks.unet import net_factory
-from utils.config import UsageError, consistency_flags, run_main, training_parser
+from utils.config import FRACTION, UsageError, consistency_flags, number_in, run_main, training_parser
 from utils.losses import seg_loss
 from utils.mean_teacher import ema_update, make_teacher
 from utils.ramps import consistency_weight
@@ -19,8 +19,9 @@ BATCHES = Batches(semi_supervised=True, strong_views=0)
 def parse_args(argv):
     p = training_parser(__doc__, exp="ACDC/Interpolation_Consistency_Training")
     g = consistency_flags(p, "ICT")
-    g.add_argument("--ict_alpha", type=float, default=0.2, help="mixup coefficients ~ Beta(alpha, alpha)")
-    g.add_argument("--ema_decay", type=float, default=0.99)
+    g.add_argument("--ict_alpha", type=number_in(0, low_open=True), default=0.2,
+                   help="mixup coefficients ~ Beta(alpha, alpha)")
+    g.add_argument("--ema_decay", type=FRACTION, default=0.99)
     args = p.parse_args(argv)
     if (args.batch_size - args.labeled_bs) % 2:
         raise UsageError(f"--batch_size {args.batch_size} - --labeled_bs {args.labeled_bs} must be even: ICT mixes "

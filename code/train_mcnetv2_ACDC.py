@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from networks.unet import net_factory
-from utils.config import consistency_flags, run_main, training_parser
+from utils.config import consistency_flags, number_in, run_main, training_parser
 from utils.losses import seg_loss
 from utils.ramps import consistency_weight
 from utils.trainer import Batches, Method, TrainingRun
@@ -21,7 +21,7 @@ BATCHES = Batches(semi_supervised=True, strong_views=0)
 def parse_args(argv):
     p = training_parser(__doc__, models=["mcnet"], exp="ACDC/MCNetV2", model="mcnet")  # three decoders
     g = consistency_flags(p, "MC-Net+")
-    g.add_argument("--temperature", type=float, default=0.1, help="sharpening temperature T")
+    g.add_argument("--temperature", type=number_in(0, low_open=True), default=0.1, help="sharpening temperature T")
     return p.parse_args(argv)
 
 

@@ -5,7 +5,7 @@ Specific flags: --ema_decay --consistency --consistency_rampup.
 import torch
 
 from networks.unet import net_factory
-from utils.config import consistency_flags, run_main, training_parser
+from utils.config import FRACTION, consistency_flags, run_main, training_parser
 from utils.losses import seg_loss
 from utils.mean_teacher import ema_update, make_teacher, noisy
 from utils.ramps import consistency_weight
@@ -18,7 +18,7 @@ BATCHES = Batches(semi_supervised=True, strong_views=0)
 def parse_args(argv):
     p = training_parser(__doc__, exp="ACDC/Mean_Teacher")
     g = consistency_flags(p, "Mean Teacher")
-    g.add_argument("--ema_decay", type=float, default=0.99, help="teacher <- decay teacher + (1 - decay) student")
+    g.add_argument("--ema_decay", type=FRACTION, default=0.99, help="teacher <- decay teacher + (1 - decay) student")
     return p.parse_args(argv)
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from networks.unet import net_factory
-from utils.config import UsageError, consistency_flags, run_main, training_parser
+from utils.config import FRACTION, UsageError, consistency_flags, number_in, run_main, training_parser
 from utils.losses import seg_loss
 from utils.mean_teacher import ema_update, make_teacher, noisy
 from utils.ramps import consistency_weight, sigmoid_rampup
@@ -20,10 +20,11 @@ BATCHES = Batches(semi_supervised=True, strong_views=0)
 def parse_args(argv):
     p = training_parser(__doc__, exp="ACDC/Uncertainty_Aware_Mean_Teacher")
     g = consistency_flags(p, "UA-MT")
-    g.add_argument("--ema_decay", type=float, default=0.99)
+    g.add_argument("--ema_decay", type=FRACTION, default=0.99)
     g.add_argument("--uncertainty_T", type=int, default=8, help="noisy teacher passes behind the uncertainty (even)")
-    g.add_argument("--threshold_base", type=float, default=math.log(2), help="the entropy threshold ramps from "
-                   "0.75x to 1x this; ln 2 is the SSL4MIS value (a 2-class leftover: with C classes ln C is the max)")
+    g.add_argument("--threshold_base", type=number_in(0, low_open=True), default=math.log(2),
+                   help="the entropy threshold ramps from 0.75x to 1x this; ln 2 is the SSL4MIS value (a 2-class "
+                   "leftover: with C classes ln C is the max)")
     args = p.parse_args(argv)
     if args.uncertainty_T < 2 or args.uncertainty_T % 2:
         raise UsageError(f"--uncertainty_T {args.uncertainty_T} must be a positive even number")

@@ -27,7 +27,7 @@ instead of scoring ~1 there (docs/method.md, CPU protocol: UniMatch's collapse a
 import torch
 
 from networks.unet import net_factory
-from utils.config import UsageError, run_main, training_parser
+from utils.config import FRACTION, number_in, run_main, training_parser
 from utils.losses import dice_loss, seg_loss
 from utils.mixing import cutmix, cutmix_boxes, cutmix_partners
 from utils.trainer import Batches, Method, TrainingRun
@@ -39,17 +39,14 @@ BATCHES = Batches(semi_supervised=True, strong_views=2)
 def parse_args(argv):
     p = training_parser(__doc__, models=["unet"], exp="ACDC/UniMatch")
     g = p.add_argument_group("UniMatch")
-    g.add_argument("--conf_thresh", type=float, default=0.95, help="τ: pseudo labels count where max p^w >= τ")
-    g.add_argument("--fp_dropout", type=float, default=0.5, help="channel dropout of the feature-perturbed stream")
-    g.add_argument("--cutmix_prob", type=float, default=0.5, help="probability that a strong view is CutMix-ed")
+    g.add_argument("--conf_thresh", type=FRACTION, default=0.95, help="τ: pseudo labels count where max p^w >= τ")
+    g.add_argument("--fp_dropout", type=number_in(0, 1, high_open=True), default=0.5,
+                   help="channel dropout of the feature-perturbed stream")
+    g.add_argument("--cutmix_prob", type=FRACTION, default=0.5, help="probability that a strong view is CutMix-ed")
     g.add_argument("--absent_classes", choices=["count", "skip"], default="count",
                    help="a class with no confident pseudo-label pixel in the batch: 'count' scores it in the "
                    "unlabeled Dice (~1 until its probability is driven to ~0; the authors' code), 'skip' leaves it out")
-    args = p.parse_args(argv)
-    if not (0 <= args.conf_thresh <= 1 and 0 <= args.fp_dropout < 1 and 0 <= args.cutmix_prob <= 1):
-        raise UsageError(f"--conf_thresh {args.conf_thresh} and --cutmix_prob {args.cutmix_prob} must be in [0, 1], "
-                         f"--fp_dropout {args.fp_dropout} in [0, 1)")
-    return args
+    return p.parse_args(argv)
 
 
 def build(args, run):

@@ -1,20 +1,27 @@
 """The comparison methods of the paper's Table 1: each runs, writes a checkpoint test_ACDC reads, and its
 method-specific piece matches a hand computation."""
+import argparse
 import math
 import os
+import re
 
 import pytest
 import torch
 
 import test_ACDC
+import train_bcp_ACDC
 import train_cps_ACDC
+import train_diffrect_ACDC
+import train_fixmatch_ACDC
 import train_ict_ACDC
 import train_incl_ACDC
 import train_mcnetv2_ACDC
 import train_mean_teacher_ACDC
 import train_uamt_ACDC
+import train_unimatch_ACDC
 from networks.unet import UNet, net_factory
 from test_training import SMALL, logged_terms
+from utils.config import number_in
 from utils.mean_teacher import ema_update, make_teacher
 from conftest import TEST_GPU
 
@@ -50,6 +57,35 @@ def test_baseline_flag_checks_fail_before_anything_is_written(tiny_root, tmp_pat
             script.main(["--root_path", tiny_root, "--snapshot_dir", str(snap), *SMALL, "--model", "vnet"])
         assert e.value.code == 2
     assert not snap.exists()
+
+
+def test_number_in_accepts_its_interval_and_names_the_rest():
+    closed, half_open, positive = number_in(0, 1), number_in(0, 1, high_open=True), number_in(0, low_open=True)
+    assert (closed("0"), closed("1"), half_open("0.99"), positive("1e9")) == (0.0, 1.0, 0.99, 1e9)
+    assert number_in(0, kind=int)("7") == 7
+    for parse, text, message in [(half_open, "1", "1 must be in [0, 1)"), (positive, "0", "0 must be in (0, inf]"),
+                                 (closed, "-0.5", "-0.5 must be in [0, 1]"), (closed, "nan", "nan must be in"),
+                                 (closed, "x", "'x' is not a number"), (number_in(0, kind=int), "-1", "-1 must be"),
+                                 (number_in(0, kind=int), "2.5", "'2.5' is not an integer")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+            parse(text)
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    (train_fixmatch_ACDC, "--conf_thresh", "95"),  # a percentage: no pixel would pass, silently all background
+    (train_diffrect_ACDC, "--conf_thresh", "1"), (train_diffrect_ACDC, "--seed", "-1"),
+    (train_mean_teacher_ACDC, "--ema_decay", "99"), (train_ict_ACDC, "--ict_alpha", "0"),
+    (train_mcnetv2_ACDC, "--temperature", "0"), (train_uamt_ACDC, "--base_lr", "0"),
+    (train_bcp_ACDC, "--crop_ratio", "1"), (train_unimatch_ACDC, "--fp_dropout", "1"),
+    (train_cps_ACDC, "--consistency", "-0.1")])
+def test_out_of_range_flags_stop_in_one_line_before_anything_is_written(tiny_root, tmp_path, capsys, script,
+                                                                       flag, value):
+    snap = tmp_path / "bad"
+    with pytest.raises(SystemExit) as e:
+        script.main(["--root_path", tiny_root, "--snapshot_dir", str(snap), *SMALL, flag, value])
+    assert e.value.code == 2 and not snap.exists()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}: {value} must be in " in error and "Traceback" not in error, error
 
 
 def test_ema_update_matches_hand_computation():

@@ -6,6 +6,7 @@ Shapes: slices (N, 1, H, W), label maps (N, H, W) long, crop bool (1, 1, H, W) (
 """
 import torch
 
+from utils.config import FRACTION, number_in
 from utils.errors import UsageError
 from utils.losses import largest_component_labels, masked_seg_loss
 from utils.mixing import bidirectional_copy_paste
@@ -16,9 +17,10 @@ def bcp_flags(parser, title):
     g = parser.add_argument_group(title)
     g.add_argument("--pretrain_iterations", type=int, default=None, help="pre-training iterations at the start of "
                    "--max_iterations; none given: a quarter of it (the paper's 10 000 of 10 000 + 30 000)")
-    g.add_argument("--alpha", type=float, default=0.5, help="weight of the pseudo-labelled part of each mixed slice")
-    g.add_argument("--crop_ratio", type=float, default=2 / 3, help="side of the copy-paste crop / side of the slice")
-    g.add_argument("--ema_decay", type=float, default=0.99, help="teacher <- decay teacher + (1 - decay) student")
+    g.add_argument("--alpha", type=FRACTION, default=0.5, help="weight of the pseudo-labelled part of each mixed slice")
+    g.add_argument("--crop_ratio", type=number_in(0, 1, low_open=True, high_open=True), default=2 / 3,
+                   help="side of the copy-paste crop / side of the slice")
+    g.add_argument("--ema_decay", type=FRACTION, default=0.99, help="teacher <- decay teacher + (1 - decay) student")
     return g
 
 
@@ -33,8 +35,6 @@ def check_bcp_args(args):
         raise UsageError(f"--batch_size {args.batch_size} --labeled_bs {args.labeled_bs}: BCP pairs each labeled slice "
                          f"with one unlabeled slice and pre-trains on pairs of labeled slices; give an even "
                          f"--labeled_bs and --batch_size twice it")
-    if not 0 < args.crop_ratio < 1:
-        raise UsageError(f"--crop_ratio {args.crop_ratio} must be in (0, 1)")
     return args
 
 

@@ -23,6 +23,31 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def number_in(low=None, high=None, *, low_open=False, high_open=False, kind=float):
+    """An argparse type for a number in [low, high] (None: unbounded; an open end excludes its bound). A value
+    outside is argparse's usage error naming the flag, before anything is read or written."""
+    interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}" \
+               f"{')' if high_open else ']'}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"{text} must be in {interval}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+SEED = number_in(0, kind=int)  # numpy's SeedSequence, which every random stream derives from, takes no negatives
+FRACTION = number_in(0, 1)
+
+
 def training_parser(description, models=None, **defaults):
     """The flags every training script shares; scripts add their own group and may change defaults.
     `models`: the --model choices a script accepts (default: any registered network)."""
@@ -46,9 +71,9 @@ def training_parser(description, models=None, **defaults):
     g.add_argument("--max_iterations", type=int, default=30000, help="training iterations in all")
     g.add_argument("--batch_size", type=int, default=24, help="slices per step (per process under torchrun)")
     g.add_argument("--labeled_bs", type=int, default=12, help="labeled slices per step")
-    g.add_argument("--base_lr", type=float, default=0.01, help="SGD learning rate (poly-decayed where the "
-                   "script says so)")
-    g.add_argument("--seed", type=int, default=1337, help="every random stream of the run derives from it")
+    g.add_argument("--base_lr", type=number_in(0, low_open=True), default=0.01,
+                   help="SGD learning rate (poly-decayed where the script says so)")
+    g.add_argument("--seed", type=SEED, default=1337, help="every random stream of the run derives from it")
     g.add_argument("--deterministic", type=int, default=1, choices=[0, 1], help="1: deterministic cuDNN kernels")
     g.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision of the training "
@@ -80,15 +105,18 @@ def consistency_flags(parser, title):
     """The unlabeled-loss weight w(t) = consistency * sigmoid_rampup(iter // 150, consistency_rampup) of every
     semi-supervised script (SSL4MIS defaults). Returns the group so a script can add its own flags to it."""
     g = parser.add_argument_group(title)
-    g.add_argument("--consistency", type=float, default=0.1, help="weight of the unlabeled terms after ramp-up")
-    g.add_argument("--consistency_rampup", type=float, default=200.0, help="ramp length in units of 150 iterations")
+    g.add_argument("--consistency", type=number_in(0), default=0.1,
+                   help="weight of the unlabeled terms after ramp-up")
+    g.add_argument("--consistency_rampup", type=number_in(0), default=200.0,
+                   help="ramp length in units of 150 iterations")
     return g
 
 
 def semi_supervised_flags(parser):
     """The flags of the FixMatch-style segmentation step, shared by FixMatch and DiffRect (docs/method.md, Training iteration)."""
     g = consistency_flags(parser, "semi-supervised segmentation step")
-    g.add_argument("--conf_thresh", type=float, default=0.8, help="confidence mask threshold of pseudo labels")
+    g.add_argument("--conf_thresh", type=number_in(0, 1, high_open=True), default=0.8,
+                   help="confidence mask threshold of pseudo labels: (p_c - min p) / max p must exceed it (< 1)")
     return parser
 
 
