@@ -38,7 +38,8 @@ def parse_args(argv):
     p.add_argument("--output", required=True, help="folder for the masks (created)")
     p.add_argument("--tta", action="store_true", help="average the probabilities of the 4 flips of each slice")
     p.add_argument("--save_probabilities", action="store_true", help="also write <name>_probabilities.npz")
-    p.add_argument("--channel", type=int, default=None, help="the channel of 4-D / multi-channel inputs")
+    p.add_argument("--channel", type=int, default=None, help="the channel of 4-D / multi-channel inputs; of a "
+                   "colour picture: 0 R, 1 G, 2 B (default: grey by luminance)")
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
     p.add_argument("--batch_size", type=int, default=16, help="slices per forward pass")
     args = p.parse_args(argv)

@@ -36,7 +36,7 @@ from dataloaders.layout import atomic_folder, check_output, read_ids, write_h5, 
 from dataloaders.intensity import SCHEMES, ct_window, default_scheme, foreground_sample
 from dataloaders.official_sources import CLASS_NAMES, FINDERS, load_case
 from dataloaders.own_data import Volume, find_folder, find_nnunet, load_own_case, read_nnunet_description, to_volume
-from utils.config import PROJECT_ROOT, HelpFormatter, UsageError
+from utils.config import PROJECT_ROOT, SEED, HelpFormatter, UsageError
 from utils.safe_write import write_text
 from utils.progress import progress
 
@@ -68,6 +68,8 @@ def parse_args(argv):
             q.add_argument("--classes", nargs="+", default=None, metavar="NAME[=VALUE]",
                            help="class names in id order, background first; NAME=V maps the grey value V, NAME=R,G,B "
                            "a colour, to that class (default: the mask values are the ids, names BG, class1, ...)")
+            q.add_argument("--channel", type=int, default=None, help="the channel of 4-D NIfTI images; of colour "
+                           "pictures: 0 R, 1 G, 2 B (default: grey by luminance)")
         q.add_argument("--output", required=True, help="the prepared folder to write")
         q.add_argument("--name", default=None, help="the dataset's name in dataset.json (default: the output's)")
         q.add_argument("--normalize", choices=SCHEMES, default=None, help="intensities -> [0, 1] (default: ct for a "
@@ -77,7 +79,7 @@ def parse_args(argv):
         q.add_argument("--split_lists", default=None, help="folder with val.list (and test.list, train.list) of "
                        "case names, instead of the seeded split")
     for q in sub.choices.values():
-        q.add_argument("--seed", type=int, default=0, help="seed of the case / patient splits")
+        q.add_argument("--seed", type=SEED, default=0, help="seed of the case / patient splits")
         q.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = p.parse_args(argv)
     own = args.dataset in OWN_FORMATS
@@ -119,6 +121,8 @@ def acdc_split_from_lists(folder, volumes):
         split[s] = read_ids(os.path.join(folder, f"{s}.list"))
         if split[s] is None:
             raise UsageError(f"--split_lists {folder}: {s}.list not found")
+    if slices is not None:
+        check_slice_list(os.path.join(folder, "train_slices.list"), slices, volumes, set(split["val"] + split["test"]))
     split["train"] = read_ids(os.path.join(folder, "train.list")) or \
         list(OrderedDict.fromkeys(s.rsplit("_slice_", 1)[0] for s in slices or []))
     if not split["train"]:
@@ -126,8 +130,34 @@ def acdc_split_from_lists(folder, volumes):
     for s, ids in split.items():
         missing = [v for v in ids if v not in volumes]
         if missing:
-            raise DataError(f"{s}.list names {missing[0]} (and {len(missing) - 1} more) that the download lacks")
+            raise DataError(f"{os.path.join(folder, s + '.list')}: names {missing[0]} (and {len(missing) - 1} more) "
+                            f"that the download (--input) lacks; correct the list or complete the download")
     return split, slices
+
+
+def check_slice_list(path, slices, volumes, held_out):
+    """Every line of an SSL4MIS train_slices.list is <volume>_slice_<k>, k a slice of a downloaded volume that is
+    not in val / test, and listed once; checked before anything is written, so a bad line is named (not a KeyError
+    deep in the writing) and no slice of an evaluation volume is trained on."""
+    seen = set()
+    for sid in slices:
+        v, sep, k = sid.rpartition("_slice_")
+        if not (sep and v and k.isascii() and k.isdigit()):
+            raise DataError(f"{path}: line {sid!r} is not <volume>_slice_<k> (e.g. patient001_frame01_slice_1); "
+                            f"correct or remove it")
+        if v not in volumes:
+            raise DataError(f"{path}: line {sid!r} is a slice of {v}, which the download (--input) lacks; correct "
+                            f"or remove it")
+        depth = volumes[v].image.shape[0]
+        if not 1 <= int(k) <= depth:
+            raise DataError(f"{path}: line {sid!r} is beyond the {depth} slices of {v} (1..{depth}); correct or "
+                            f"remove it")
+        if v in held_out:
+            raise DataError(f"{path}: line {sid!r} is a slice of {v}, which val.list / test.list hold out (a "
+                            f"train/eval leak); remove it or the volume from the held-out list")
+        if sid in seen:
+            raise DataError(f"{path}: line {sid!r} is listed twice; keep one")
+        seen.add(sid)
 
 
 def labeled_table(train_volumes, depths, patient_of):
@@ -239,9 +269,9 @@ def prepare_own(args):
                   "channel_name": channel_name}
     else:
         names, colours = parse_classes(args.classes) if args.classes else (None, None)
-        cases, values, channel_name = find_folder(args.images, args.masks), None, ""
+        cases, values, channel_name = find_folder(args.images, args.masks, args.channel), None, ""
         source = {"format": "folder", "images": os.path.abspath(args.images),
-                  "masks": args.masks and os.path.abspath(args.masks)}
+                  "masks": args.masks and os.path.abspath(args.masks), "channel": args.channel}
     labeled = [c.name for c in cases if c.label_path]
     unlabeled = [c.name for c in cases if not c.label_path]
     if not labeled:

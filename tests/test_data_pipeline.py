@@ -1,4 +1,5 @@
 """Sampler composition/reproducibility, augmentation invariants, dataset reading and its errors."""
+import json
 import os
 
 import h5py
@@ -227,6 +228,51 @@ def test_labelnum_table():
     assert load_dataset_info("/nonexistent", "Prostate_split1").num_classes == 3
     with pytest.raises(DataError, match="--dataset 'Foo' is unknown"):
         load_dataset_info("/nonexistent", "Foo")
+
+
+GOOD_DESC = {"name": "mine", "num_classes": 4, "class_names": ["BG", "RV", "Myo", "LV"],
+             "patients_to_slices": {"1": 4, "2": 9}}
+
+
+@pytest.mark.parametrize("desc,match", [
+    ("{not json", "cannot read it as JSON"),
+    ([GOOD_DESC], "holds a JSON list, not an object"),
+    ({**GOOD_DESC, "num_classes": 1}, r"num_classes must be a whole number in 2\.\.255 .*found 1;"),
+    ({**GOOD_DESC, "num_classes": 256}, r"num_classes must be a whole number in 2\.\.255 .*found 256;"),
+    ({**GOOD_DESC, "num_classes": "4"}, r"num_classes must be a whole number .*found '4';"),
+    ({**GOOD_DESC, "class_names": ["RV", "Myo", "LV"]}, "class_names must list all 4 class names .*found 3 names"),
+    ({**GOOD_DESC, "class_names": ["BG", "RV", "Myo", "LV", "Aorta"]}, "class_names must list all 4 .*found 5 names"),
+    ({**GOOD_DESC, "class_names": ["BG", 1, 2, 3]}, "class_names must list all 4 class names as strings"),
+    ({k: v for k, v in GOOD_DESC.items() if k != "class_names"}, "class_names must list all 4 .*found None"),
+    ({**GOOD_DESC, "patients_to_slices": [4, 9]}, "patients_to_slices must be an object"),
+    ({**GOOD_DESC, "patients_to_slices": {"1": 0}}, "patients_to_slices entry '1': 0 must map a positive"),
+    ({**GOOD_DESC, "patients_to_slices": {"one": 4}}, "patients_to_slices entry 'one': 4 must map a positive"),
+    ({**GOOD_DESC, "normalization": {"scheme": "clip"}}, "normalization scheme 'clip' is not one of minmax, "
+                                                         "percentile, zscore, ct"),
+    ({**GOOD_DESC, "normalization": {"scheme": "ct"}}, r"normalization ct needs a window \[lo, hi\].*found None"),
+    ({**GOOD_DESC, "normalization": {"scheme": "ct", "window": [300, -100]}},
+     r"normalization ct needs a window \[lo, hi\] of finite numbers with lo < hi, found \[300, -100\]"),
+])
+def test_dataset_json_is_checked_entry_by_entry(tmp_path, desc, match):
+    """A wrong dataset.json stops with one line naming the file and the fix, instead of training with shifted
+    class names (3 names for 4 classes) or failing deep inside a run."""
+    path = tmp_path / "dataset.json"
+    path.write_text(desc if isinstance(desc, str) else json.dumps(desc))
+    with pytest.raises(DataError, match=match) as e:
+        load_dataset_info(str(tmp_path))
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and message.endswith("code/prepare_data.py")
+
+
+def test_a_valid_dataset_json_is_read_whole(tmp_path):
+    window = {"scheme": "ct", "window": [-100, 240.5]}
+    (tmp_path / "dataset.json").write_text(json.dumps({**GOOD_DESC, "normalization": window}))
+    info = load_dataset_info(str(tmp_path))
+    assert (info.name, info.num_classes, info.class_names) == ("mine", 4, ["BG", "RV", "Myo", "LV"])
+    assert info.patients_to_slices == {1: 4, 2: 9} and info.normalization == window
+    (tmp_path / "dataset.json").write_text(json.dumps({"num_classes": 2, "class_names": ["BG", "lesion"]}))
+    info = load_dataset_info(str(tmp_path), "ACDC")  # no table of its own: --dataset's
+    assert info.patients_to_slices == DATASETS["ACDC"].patients_to_slices and info.normalization == {"scheme": "minmax"}
 
 
 @pytest.mark.skipif(not os.path.isdir(ACDC), reason="real ACDC not present")

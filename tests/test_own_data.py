@@ -25,6 +25,7 @@ import train_mcnetv2_ACDC
 import train_mean_teacher_ACDC
 import train_uamt_ACDC
 from dataloaders.dataset import NO_LABEL, DataError
+from dataloaders.datasets import load_dataset_info
 from dataloaders.intensity import normalize
 from own_data_fixtures import DIRECTION, ORIGIN, SPACING, make_nnunet, make_png_folder, nifti
 from utils.errors import UsageError
@@ -273,6 +274,61 @@ def test_predict_refuses_bad_inputs_and_writes_nothing(trained, tmp_path):
     assert mask.GetSize() == (24, 20, 3) and np.allclose(mask.GetDirection(), DIRECTION)
 
 
+def test_predict_channel_takes_one_colour_of_a_picture(trained, tmp_path):
+    """--channel K on a colour picture segments its colour K (as a grey picture of it), not the luminance; a
+    channel the picture lacks is one line, and nothing is written."""
+    rng = np.random.default_rng(3)
+    green = np.round(rng.random((40, 48)) * 255).astype(np.uint8)
+    rgb = np.stack([255 - green, green, np.zeros_like(green)], -1)
+    for name, picture in (("colour", rgb), ("grey", green)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(picture).save(tmp_path / name / "scan.png")
+    base = ["--checkpoint", trained, "--gpu", "-1"]
+    predict.main(base + ["--input", str(tmp_path / "colour"), "--output", str(tmp_path / "out_g"), "--channel", "1"])
+    predict.main(base + ["--input", str(tmp_path / "grey"), "--output", str(tmp_path / "out_grey")])
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out_g" / "scan.png")),
+                                  np.array(Image.open(tmp_path / "out_grey" / "scan.png")))
+    with pytest.raises(DataError, match=r"colour/scan.png: --channel 3 does not exist \(it has 3: 0..2\)"):
+        predict.main(base + ["--input", str(tmp_path / "colour"), "--output", str(tmp_path / "o3"), "--channel", "3"])
+    with pytest.raises(DataError, match=r"grey/scan.png: has one channel \(grey\); --channel 1 does not exist"):
+        predict.main(base + ["--input", str(tmp_path / "grey"), "--output", str(tmp_path / "o4"), "--channel", "1"])
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
+
+
+def test_folder_channel_picks_a_colour_or_a_channel_of_4d_images(tmp_path):
+    make_png_folder(str(tmp_path / "png"), n_images=4, unlabeled=())
+    images, masks = tmp_path / "png" / "images", tmp_path / "png" / "masks"
+    grey = np.array(Image.open(images / "img00.png"))[..., 0]
+    Image.fromarray(np.stack([grey, 255 - grey, grey // 2], -1)).save(images / "img00.png")
+    base = ["folder", "--images", str(images), "--masks", str(masks)]
+    prepare_data.main(base + ["--output", str(tmp_path / "g"), "--channel", "1"])
+    with h5py.File(tmp_path / "g" / "data" / "img00.h5") as f:  # the green channel, min-max normalised
+        green = (255 - grey).astype(np.float32)
+        np.testing.assert_allclose(f["image"][0], (green - green.min()) / (green.max() - green.min()), atol=1e-6)
+    assert json.load(open(tmp_path / "g" / "dataset.json"))["source"]["channel"] == 1
+    with pytest.raises(DataError, match=r"img00.png: --channel 3 does not exist \(it has 3: 0..2\)"):
+        prepare_data.main(base + ["--output", str(tmp_path / "bad"), "--channel", "3"])
+    # 4-D NIfTI images: the message's --channel K is a flag of the folder subcommand
+    vols, vol_masks = tmp_path / "vols", tmp_path / "vol_masks"
+    vols.mkdir()
+    vol_masks.mkdir()
+    rng, second = np.random.default_rng(5), {}
+    for i in range(4):
+        channels = [rng.random((3, 20, 24)).astype(np.float32) for _ in range(2)]
+        sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(c) for c in channels]), str(vols / f"v{i}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 3, (3, 20, 24)).astype(np.uint8)),
+                        str(vol_masks / f"v{i}.nii.gz"))
+        second[f"v{i}"] = channels[1]
+    vol_base = ["folder", "--images", str(vols), "--masks", str(vol_masks)]
+    with pytest.raises(DataError, match=r"v0.nii.gz: has 2 channels; choose one with --channel K \(0..1\)"):
+        prepare_data.main(vol_base + ["--output", str(tmp_path / "bad")])
+    prepare_data.main(vol_base + ["--output", str(tmp_path / "v"), "--channel", "1"])
+    with h5py.File(tmp_path / "v" / "data" / "v2.h5") as f:
+        c = second["v2"]
+        np.testing.assert_allclose(f["image"][()], (c - c.min()) / (c.max() - c.min()), atol=1e-6)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_ct_channel_gets_one_window_for_the_dataset(tmp_path):
     cases = make_nnunet(str(tmp_path / "raw"), n_cases=5, unlabeled=("case04",))
     desc = json.load(open(tmp_path / "raw" / "dataset.json"))
@@ -284,6 +340,7 @@ def test_a_ct_channel_gets_one_window_for_the_dataset(tmp_path):
     train = [c for c in lines(str(tmp_path / "p" / "train.list")) if c != "case04"]
     fg = np.concatenate([cases[c][0][cases[c][1] > 0] for c in train]).astype(np.float64)
     assert norm["scheme"] == "ct" and np.allclose(norm["window"], np.percentile(fg, [0.5, 99.5]))
+    assert load_dataset_info(str(tmp_path / "p")).normalization == norm  # its window passes the reader's checks
     image, _ = cases["case04"]  # an unlabeled case is normalised with the same window
     with h5py.File(tmp_path / "p" / "data" / "case04.h5") as f:
         lo, hi = norm["window"]

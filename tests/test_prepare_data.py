@@ -1,6 +1,7 @@
 """Dataset preparation from the official downloads (synthetic NIfTI in each official naming) and check_data."""
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -98,6 +99,38 @@ def test_acdc_split_from_ssl4mis_lists(tmp_path):
     with pytest.raises(DataError, match="patient001_frame01_slice_9"):
         prepare_data.main(["acdc", "--input", src, "--output", str(tmp_path / "bad"), "--split_lists", str(lists)])
     assert not (tmp_path / "bad").exists()
+
+
+def test_acdc_slice_list_lines_are_checked_against_the_download(tmp_path):
+    """With train.list present, every train_slices.list line is still checked: its form, its volume, its slice
+    number, and that it is no slice of a val / test volume; a bad one is one DataError naming the list and the
+    line, before anything is written."""
+    src, lists = str(tmp_path / "src"), tmp_path / "lists"
+    make_acdc(src, n_patients=4)
+    lists.mkdir()
+    (lists / "train.list").write_text("patient001_frame01\npatient001_frame12\npatient004_frame01\n")
+    (lists / "val.list").write_text("patient002_frame01\n")
+    (lists / "test.list").write_text("patient003_frame01\n")
+    good = ["patient004_frame01_slice_2", "patient001_frame01_slice_1", "patient001_frame12_slice_3"]
+    (lists / "train_slices.list").write_text("\n".join(good) + "\n")
+    out = str(tmp_path / "ok")
+    prepare_data.main(["acdc", "--input", src, "--output", out, "--split_lists", str(lists)])
+    assert open(os.path.join(out, "train_slices.list")).read().split() == good
+    assert check_data.main(["--root_path", out]) == 0  # its dataset.json included
+    slice_list = lists / "train_slices.list"
+    for line, expect in [("patient001_frame01", "is not <volume>_slice_<k>"),
+                         ("patient001_frame01_slice_x", "is not <volume>_slice_<k>"),
+                         ("patient009_frame01_slice_1", "is a slice of patient009_frame01, which the download "
+                                                        r"\(--input\) lacks"),
+                         ("patient001_frame01_slice_0", "is beyond the 4 slices of patient001_frame01"),
+                         ("patient002_frame01_slice_1", "is a slice of patient002_frame01, which val.list / "
+                                                        r"test.list hold out \(a train/eval leak\)"),
+                         (good[1], "is listed twice")]:
+        slice_list.write_text("\n".join(good + [line]) + "\n")
+        with pytest.raises(DataError, match=f"^{re.escape(str(slice_list))}: line '{line}' {expect}"):
+            prepare_data.main(["acdc", "--input", src, "--output", str(tmp_path / "bad"), "--split_lists",
+                               str(lists)])
+        assert not (tmp_path / "bad").exists()
 
 
 def test_mscmr_label_codes_and_two_splits(tmp_path):
@@ -202,6 +235,22 @@ def test_check_data_reports_each_problem(tiny_root, tmp_path, capsys):
     assert f"slice {slices[5]}: label values span [0, 7]" in out
     assert f"val volume {val[0]}: image range [0, 3] is outside [0, 1]" in out
     assert "train/eval leak" in out and "4 problem(s)" in out
+
+
+def test_check_data_reports_a_bad_dataset_json_as_one_problem(tiny_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "ACDC"
+    shutil.copytree(tiny_root, root)
+    desc = json.load(open(root / "dataset.json"))
+    json.dump(dict(desc, class_names=["RV", "Myo", "LV"]), open(root / "dataset.json", "w"))  # 3 names, 4 classes
+    capsys.readouterr()
+    assert check_data.main(["--root_path", str(root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"dataset description: {root / 'dataset.json'}: class_names must list all 4 class names as "
+                      f"strings, background first, found 3 names; correct the file, or prepare the folder again "
+                      f"with code/prepare_data.py")
+    assert len(out) == 2 and out[1].endswith("1 problem(s)")
 
 
 def test_check_data_accepts_the_real_acdc():

@@ -1,4 +1,5 @@
 """Runs survive interruption (resume = same trajectory), checkpoints are atomic, faults stop cleanly."""
+import json
 import os
 import signal
 import subprocess
@@ -228,6 +229,19 @@ def test_bad_flags_and_paths(tiny_root, tmp_path):
     r = _cli("test_ACDC.py", "--root_path", root, "--split", "val", "--checkpoint", str(tmp_path / "none.pth"))
     assert r.returncode == 2 and "none.pth: checkpoint not found" in r.stderr
     assert not os.path.exists(str(tmp_path / "s"))
+
+
+def test_a_bad_dataset_json_stops_training_with_one_line(tiny_root, tmp_path):
+    """3 class names for 4 classes would shift every table's names; the run stops before writing anything."""
+    root = _copy_dataset(tiny_root, str(tmp_path / "d"))
+    desc = json.load(open(os.path.join(root, "dataset.json")))
+    json.dump(dict(desc, class_names=desc["class_names"][1:]), open(os.path.join(root, "dataset.json"), "w"))
+    snap = str(tmp_path / "s")
+    r = _cli("train_fully_supervised_ACDC.py", "--root_path", root, "--snapshot_dir", snap, "--gpu", TEST_GPU)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {os.path.join(root, 'dataset.json')}: class_names must list all 4 class "
+                               f"names as strings, background first, found 3 names;")
+    assert not os.path.exists(snap)
 
 
 def test_skip_bad_samples_counts_and_continues(tiny_root, tmp_path):

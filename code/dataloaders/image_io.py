@@ -145,9 +145,10 @@ def _read_volume(path, channel):
     return (array[None] if dim == 2 else array), geometry
 
 
-def _read_picture(path, as_mask, rgb_mask=False):
+def _read_picture(path, as_mask, rgb_mask=False, channel=None):
     """-> ((1, H, W) or (1, H, W, 3) array, Geometry). Pictures are turned upright by their EXIF orientation,
-    as viewers show them. A palette mask gives its indices, or its colours with rgb_mask."""
+    as viewers show them. A palette mask gives its indices, or its colours with rgb_mask. An image in colour
+    becomes grey by luminance, or its colour `channel` (0 R, 1 G, 2 B) when one is asked for."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -162,10 +163,15 @@ def _read_picture(path, as_mask, rgb_mask=False):
         raise
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"{path}: cannot read it as an image ({one_line(e)})")
+    grey = array.ndim == 2 or array.shape[-1] <= 2  # L, I, F; LA
+    if grey and channel not in (None, 0):  # as for a one-channel volume: a --channel that is not there
+        raise DataError(f"{path}: has one channel (grey); --channel {channel} does not exist")
     if array.ndim == 3:  # RGB(A), LA: drop alpha; an image becomes grey, a mask keeps its colours
-        array = array[..., :1] if array.shape[-1] == 2 else array[..., :3]
-        if array.shape[-1] == 1:
+        array = array[..., :1] if grey else array[..., :3]
+        if grey:
             array = array[..., 0]
+        elif not as_mask and channel is not None:
+            array = _pick_channel(path, np.moveaxis(array, -1, 0), channel)
         elif not as_mask:
             array = array.astype(np.float32) @ LUMA
     geometry = Geometry(2, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), False)
@@ -173,13 +179,15 @@ def _read_picture(path, as_mask, rgb_mask=False):
 
 
 def read_image(path, channel=None):
-    """An image file -> (float32 (D, H, W), Geometry). A 4-D or vector file needs `channel`."""
+    """An image file -> (float32 (D, H, W), Geometry). A 4-D or vector file needs `channel`; a colour picture
+    takes it (0 R, 1 G, 2 B) or, without one, becomes grey by luminance."""
     e = file_ending(path)
     if e is None:
         raise DataError(f"{path}: unknown file type; use one of {', '.join(VOLUME_ENDINGS + IMAGE_ENDINGS)}")
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    array, geometry = _read_volume(path, channel) if e in VOLUME_ENDINGS else _read_picture(path, as_mask=False)
+    array, geometry = _read_volume(path, channel) if e in VOLUME_ENDINGS else \
+        _read_picture(path, as_mask=False, channel=channel)
     if not np.issubdtype(array.dtype, np.number):
         raise DataError(f"{path}: pixel type {array.dtype} is not numeric")
     array = array.astype(np.float32)

@@ -28,6 +28,7 @@ class OwnCase:
     name: str
     image_path: str
     label_path: str = None  # None: unlabeled
+    channel: int = None     # of a multi-channel image file (folder --channel); nnU-Net files hold one each
 
 
 @dataclass
@@ -99,8 +100,9 @@ def find_nnunet(root, ending, channel):
     return cases
 
 
-def find_folder(images_dir, masks_dir):
-    """Pictures (or volumes) in images_dir, masks with the same stem in masks_dir (optional)."""
+def find_folder(images_dir, masks_dir, channel=None):
+    """Pictures (or volumes) in images_dir, masks with the same stem in masks_dir (optional); `channel`: the one
+    to read of a 4-D or colour image."""
     for flag, d in (("--images", images_dir), ("--masks", masks_dir)):
         if d is not None and not os.path.isdir(d):
             raise DataError(f"{flag} {d}: folder not found")
@@ -117,7 +119,8 @@ def find_folder(images_dir, masks_dir):
                 raise DataError(f"--images {images_dir}: {seen[strip_ending(n)]} and {n} are the same case "
                                 f"{strip_ending(n)!r}; keep one")
             seen[strip_ending(n)] = n
-            cases.append(OwnCase(strip_ending(n), os.path.join(images_dir, n), masks.pop(strip_ending(n), None)))
+            cases.append(OwnCase(strip_ending(n), os.path.join(images_dir, n), masks.pop(strip_ending(n), None),
+                                 channel))
     if not cases:
         raise DataError(f"--images {images_dir}: no image files ({', '.join(IMAGE_ENDINGS + VOLUME_ENDINGS)})")
     if masks:
@@ -129,7 +132,7 @@ def find_folder(images_dir, masks_dir):
 def load_own_case(case, values=None, colours=None):
     """-> (raw image float32 (D, H, W), label uint8 (D, H, W) class ids or None, Geometry).
     values: the label value of each class (nnU-Net); colours: the --classes table (folder)."""
-    raw, geometry = read_image(case.image_path)
+    raw, geometry = read_image(case.image_path, case.channel)
     if not case.label_path:
         return raw, None, geometry
     ids, mask_geometry = read_mask(case.label_path, colours)
