@@ -9,7 +9,9 @@ import argparse
 import os
 from pathlib import Path
 
-from dataloaders.synthetic import generate_dataset
+from dataloaders.layout import check_output
+from dataloaders.synthetic import MAX_FRAMES, MAX_PATIENTS, MIN_SIZE, generate_dataset
+from utils.config import UsageError, run_main
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "synthetic_ACDC"
 
@@ -36,12 +38,42 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_args(args, out: Path) -> None:
+    """Each bad flag as one line naming it and the fix, before anything is written (generate_dataset's own
+    errors name no flag)."""
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: use 0 or more (numpy's seeding refuses negative seeds)")
+    if args.n_train < 1:
+        raise UsageError(f"--n_train {args.n_train}: use 1 or more (training needs a patient)")
+    for flag, n in (("--n_val", args.n_val), ("--n_test", args.n_test)):
+        if n < 0:
+            raise UsageError(f"{flag} {n}: use 0 or more")
+    total = args.n_train + args.n_val + args.n_test
+    if total > MAX_PATIENTS:
+        raise UsageError(f"--n_train + --n_val + --n_test = {total} patients: use at most {MAX_PATIENTS} in all")
+    if not 1 <= args.frames <= MAX_FRAMES:
+        raise UsageError(f"--frames {args.frames}: use 1 to {MAX_FRAMES}")
+    lo, hi = args.depth_range
+    if not 1 <= lo <= hi:
+        raise UsageError(f"--depth_range {lo} {hi}: use MIN MAX with 1 <= MIN <= MAX, e.g. 6 10")
+    if min(args.size) < MIN_SIZE:
+        raise UsageError(f"--size {args.size[0]} {args.size[1]}: too small; use at least {MIN_SIZE} {MIN_SIZE}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file, not a folder; choose a new or empty folder")
+    try:
+        check_output(out, args.overwrite)
+    except ValueError as e:  # a non-empty folder without --overwrite
+        raise UsageError(f"--out {e}") from None
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     out = args.out if args.out.is_absolute() else Path(os.getcwd()) / args.out
+    check_args(args, out)
     s = generate_dataset(out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                          size=tuple(args.size), depth_range=tuple(args.depth_range),
-                         size_jitter=not args.no_size_jitter, frames=args.frames, overwrite=args.overwrite)
+                         size_jitter=not args.no_size_jitter, frames=args.frames, overwrite=args.overwrite,
+                         where="--out")
     n_vol = sum(len(v) for v in s["volumes"].values())
     hs = sorted({sh[1] for sh in s["shapes"].values()})
     ws = sorted({sh[2] for sh in s["shapes"].values()})
@@ -58,4 +90,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

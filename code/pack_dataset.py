@@ -15,16 +15,23 @@ Results on an unpacked copy differ from the original's by the quantisation of th
 import argparse
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from dataloaders.layout import atomic_folder, write_h5
+from dataloaders.dataset import DataError
+from dataloaders.layout import atomic_folder, check_output, write_h5
 from utils.config import UsageError, run_main
+from utils.errors import one_line
 from utils.safe_write import write_file, write_text
 
 META_SUFFIXES = (".list", ".json")  # the folder's own small files, packed verbatim
+# a pack cut short or changed on its way (an interrupted copy, a full disk): zipfile's and zlib's own errors,
+# neither OSError nor ValueError; np.load meets a cut one (no zip directory at its end), a member read a changed one
+DAMAGED = (zipfile.BadZipFile, EOFError, zlib.error)
 
 
 def quantize(image):
@@ -73,28 +80,53 @@ def pack(root, out):
     return {"files": len(index), "meta": sorted(meta), "bytes": out.stat().st_size}
 
 
+def damaged(packed, e):
+    return DataError(f"--packed {packed}: damaged ({one_line(e, with_type=True)}); copy it again from where it was "
+                     f"packed, or pack the dataset folder again (pack_dataset.py pack)")
+
+
+def member(z, name, packed):
+    """One array of the open pack `z`, its damage or absence as one line naming the file."""
+    try:
+        return z[name]
+    except DAMAGED + (ValueError,) as e:  # ValueError: a changed byte in the array's header, read before its CRC
+        raise damaged(packed, e) from None
+    except KeyError:
+        raise UsageError(f"--packed {packed}: has no array {name!r}; not a file written by pack_dataset.py") from None
+
+
 def unpack(packed, root, overwrite=False):
     """The .npz of `pack` -> a dataset folder at `root` (built aside, renamed into place)."""
     if not os.path.isfile(packed):
         raise UsageError(f"--packed {packed}: file not found")
     try:
-        z = np.load(packed)
-        index = json.loads(z["index"].tobytes().decode())
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"--packed {packed}: not a file written by pack_dataset.py ({e})") from None
+        check_output(root, overwrite)  # here, where no error of reading the pack can pass for it
+    except ValueError as e:  # an existing folder without --overwrite
+        raise UsageError(f"--root_path {root}: {e}") from None
     try:
+        z = np.load(packed)
+    except DAMAGED as e:
+        raise damaged(packed, e) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--packed {packed}: not a file written by pack_dataset.py ({e})") from None
+    with z:
+        index = member(z, "index", packed)
+        try:
+            index = json.loads(index.tobytes().decode())
+            meta, files = index["meta"], index["files"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"--packed {packed}: not a file written by pack_dataset.py ({e})") from None
         with atomic_folder(root, overwrite, "--root_path") as tmp:
-            for name, text in index["meta"].items():
+            for name, text in meta.items():
                 write_text(tmp / name, lambda f: f.write(text), "--root_path")
-            for i, entry in enumerate(index["files"]):
+            for i, entry in enumerate(files):
                 path = tmp / entry["path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 attrs = entry.get("attrs", {"spacing": entry.get("spacing")})  # packs of older versions: spacing
-                label = z[f"l{i}"] if f"l{i}" in z.files else None
-                write_h5(path, dequantize(z[f"i{i}"], z[f"r{i}"]), label, attrs=attrs, where="--root_path")
-    except ValueError as e:  # an existing folder without --overwrite
-        raise UsageError(f"--root_path {root}: {e}") from None
-    return {"files": len(index["files"]), "meta": sorted(index["meta"])}
+                label = member(z, f"l{i}", packed) if f"l{i}" in z.files else None
+                image = dequantize(member(z, f"i{i}", packed), member(z, f"r{i}", packed))
+                write_h5(path, image, label, attrs=attrs, where="--root_path")
+    return {"files": len(files), "meta": sorted(meta)}
 
 
 def main(argv=None):

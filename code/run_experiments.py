@@ -42,8 +42,9 @@ def parse_args(argv):
     p.add_argument("--root_path", default=None, help="dataset folder (default: the preset's, under the project)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's (1337 2 3)")
     p.add_argument("--gpus", type=int, nargs="+", default=None,
-                   help="CUDA devices, one run on each at a time (default: one run after another, on --gpu 0 "
-                   "or the CPU as the preset says)")
+                   help="CUDA devices by number as torch counts them (0, 1, ...; within CUDA_VISIBLE_DEVICES when "
+                   "set), one run on each at a time (default: one run after another, on --gpu 0 or the CPU as the "
+                   "preset says)")
     p.add_argument("--out", default=os.path.join(PROJECT_ROOT, "model", "experiments"),
                    help="runs go to OUT/PRESET/<method>_<labelnum>_seed<seed>/ (default: model/experiments)")
     p.add_argument("--methods", nargs="+", default=None, help="only these methods of the preset")
@@ -63,7 +64,39 @@ def parse_args(argv):
         raise UsageError(f"--preset {args.preset!r} is unknown; choose one of {', '.join(PRESETS)} (--list)")
     if args.max_run_iterations is not None and args.max_run_iterations <= 0:
         raise UsageError(f"--max_run_iterations {args.max_run_iterations} must be positive")
+    if args.seeds and min(args.seeds) < 0:
+        raise UsageError(f"--seeds {min(args.seeds)}: use seeds of 0 or more (numpy's seeding refuses negative ones)")
+    if args.gpus:
+        check_gpus(args.gpus, devices=not (args.dry_run or args.list))
     return args
+
+
+def check_gpus(gpus, devices=True):
+    """--gpus names devices this machine has: a number that names none would hide every GPU from its run
+    (CUDA_VISIBLE_DEVICES), which would then train on the CPU without a word. devices: False for a dry run,
+    which prints the plan for another machine perhaps and starts nothing."""
+    negative = [g for g in gpus if g < 0]
+    if negative:
+        raise UsageError(f"--gpus {negative[0]}: device numbers are 0 or more (0, 1, ... as nvidia-smi lists them)")
+    if not devices:
+        return
+    import torch  # here, as this file imports no torch of its own; --list and the dry run query no CUDA
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--gpus {' '.join(map(str, gpus))}: no CUDA device is visible here (its runs would train "
+                         f"on the CPU); leave --gpus out, or run on a machine with GPUs")
+    n = torch.cuda.device_count()
+    missing = [g for g in gpus if g >= n]
+    if missing:
+        raise UsageError(f"--gpus {missing[0]}: this machine has {n} visible GPU{'s' if n > 1 else ''} "
+                         f"(0{f'-{n - 1}' if n > 1 else ''}); choose among them")
+
+
+def device_env(gpu):
+    """CUDA_VISIBLE_DEVICES for a run on --gpus number `gpu`: its entry in this process's own list when one is
+    set (the numbers were checked against the devices torch sees, which are those), else the number itself."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[gpu] if gpu < len(visible) else str(gpu)
 
 
 def _unique(values, flag):
@@ -250,7 +283,7 @@ def _start(job, gpu, max_run_iterations):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", os.path.join(job["folder"], "run.json")]
     if max_run_iterations is not None:
         cmd += ["--max_run_iterations", str(max_run_iterations)]
-    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}))
+    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": device_env(gpu)} if gpu is not None else {}))
     log = open(os.path.join(job["folder"], "worker.log"), "a")
     return subprocess.Popen(cmd, cwd=CODE, env=env, stdout=log, stderr=subprocess.STDOUT), log
 

@@ -69,6 +69,9 @@ def parse_args(argv):
         raise UsageError("--why without --exclude: name the attempt to leave out (--exclude RUN:ATTEMPT)")
     if args.bootstrap < 100:
         raise UsageError(f"--bootstrap {args.bootstrap}: use at least 100 samples (default 10000)")
+    if args.bootstrap_seed < 0:
+        raise UsageError(f"--bootstrap_seed {args.bootstrap_seed}: use 0 or more (numpy's seeding refuses negative "
+                         f"seeds)")
     return args
 
 

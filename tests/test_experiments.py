@@ -13,6 +13,7 @@ from scipy.stats import wilcoxon
 
 import run_experiments
 import summarize_experiments
+from utils.config import run_main
 
 CODE = os.path.join(os.path.dirname(__file__), "..", "code")
 SMOKE = ["--preset", "smoke", "--methods", "supervised", "fixmatch"]
@@ -265,6 +266,41 @@ def test_repeated_seeds_and_methods_plan_each_run_once(capsys):
     assert [os.path.basename(j["folder"]) for j in jobs] == ["fixmatch_3_seed1337"]
     out = capsys.readouterr().out
     assert "--seeds: 1337 1337 repeats values; running 1337" in out and "--methods: fixmatch fixmatch" in out
+
+
+def _one_error_line(capsys, main, argv):
+    with pytest.raises(SystemExit) as e:
+        run_main(main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_gpus_and_negative_seeds_are_refused_in_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    argv = ["--preset", "smoke", "--root_path", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine (was: every run on the CPU)
+    assert _one_error_line(capsys, run_experiments.main, argv + ["--gpus", "0"]) == (
+        "error: --gpus 0: no CUDA device is visible here (its runs would train on the CPU); leave --gpus out, or run "
+        "on a machine with GPUs")
+    assert _one_error_line(capsys, run_experiments.main, argv + ["--gpus", "0", "-1"]) == (
+        "error: --gpus -1: device numbers are 0 or more (0, 1, ... as nvidia-smi lists them)")
+    assert _one_error_line(capsys, run_experiments.main, argv + ["--seeds", "1337", "-2"]) == (
+        "error: --seeds -2: use seeds of 0 or more (numpy's seeding refuses negative ones)")
+    assert len(run_experiments.main(argv + ["--gpus", "0", "--dry_run"])) > 0  # a plan, perhaps for another machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a 2-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _one_error_line(capsys, run_experiments.main, argv + ["--gpus", "1", "4"]) == (
+        "error: --gpus 4: this machine has 2 visible GPUs (0-1); choose among them")
+    assert os.listdir(tmp_path) == []  # no dataset generated, no run folder
+    assert _one_error_line(capsys, summarize_experiments.main, [str(tmp_path), "--bootstrap_seed", "-1"]) == (
+        "error: --bootstrap_seed -1: use 0 or more (numpy's seeding refuses negative seeds)")
+
+
+def test_gpus_count_within_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")  # torch sees 2 devices, 0 and 1: physical 2 and 3
+    assert [run_experiments.device_env(g) for g in (0, 1)] == ["2", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert run_experiments.device_env(1) == "1"
 
 
 def test_two_invocations_share_the_work(sweep, tmp_path):

@@ -1,6 +1,7 @@
 """pack_dataset.py: a dataset folder survives pack -> unpack (labels, lists, spacing exact; images to 1/510 of
 their range), and bad paths end with one clear line."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import pack_dataset
+from dataloaders.dataset import DataError
 
 CODE = os.path.join(os.path.dirname(__file__), "..", "code")
 
@@ -63,3 +65,22 @@ def test_bad_paths_give_one_line(tiny_root, tmp_path):
     (tmp_path / "full" / "keep.txt").write_text("x")
     r = _cli("unpack", "--packed", str(packed), "--root_path", str(tmp_path / "full"))
     assert r.returncode == 2 and "--overwrite" in r.stderr and (tmp_path / "full" / "keep.txt").exists()
+
+
+def test_a_cut_or_changed_pack_is_named_damaged_in_one_line(tiny_root, tmp_path):
+    packed, out = tmp_path / "ds.npz", tmp_path / "u"
+    pack_dataset.pack(tiny_root, packed)
+    data = packed.read_bytes()
+    assert data[:4] == b"PK\x03\x04"
+    packed.write_bytes(data[:len(data) // 2])  # a copy cut half-way (was: a zipfile.BadZipFile traceback)
+    r = _cli("unpack", "--packed", str(packed), "--root_path", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == (f"error: --packed {packed}: damaged (BadZipFile: File is not a zip file); copy it "
+                                f"again from where it was packed, or pack the dataset folder again "
+                                f"(pack_dataset.py pack)")
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 0xFF  # a byte changed inside an array: found by the member's read
+    packed.write_bytes(changed)
+    with pytest.raises(DataError, match=rf"^--packed {re.escape(str(packed))}: damaged \(.+\); copy it again"):
+        pack_dataset.unpack(str(packed), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds.npz"]  # no folder, nothing half-built

@@ -1,6 +1,9 @@
 """Tests of the synthetic cardiac-phantom dataset (code/dataloaders/synthetic.py, code/make_synthetic_data.py)."""
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -11,8 +14,11 @@ import pytest
 from scipy import ndimage
 
 from dataloaders.synthetic import generate_dataset, make_volume, sample_params
+from utils.config import run_main
+from utils.errors import UsageError
 
 CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
+CODE = os.path.join(os.path.dirname(__file__), "..", "code")
 
 
 def _read(path):
@@ -282,11 +288,66 @@ def test_cli_main(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "4 patients" in text and "8 volumes" in text and "class voxel fractions" in text
     assert (out / "train_slices.list").is_file() and s["train_patients"] == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match=r"^--out .*cli exists and is not empty; pass --overwrite to replace it$"):
         main(["--out", str(out), "--n_train", "1", "--n_val", "0", "--n_test", "0", "--size", "64", "64"])
     main(["--out", str(out), "--n_train", "1", "--n_val", "0", "--n_test", "0", "--size", "64", "64",
           "--overwrite"])
     assert len(_lines(out / "train.list")) == 2
+
+
+def _cli(script, *args):
+    return subprocess.run([sys.executable, os.path.join(CODE, script), *args], capture_output=True, text=True)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_cli_bad_flags_end_in_one_line_naming_the_flag(tmp_path, capsys):
+    from make_synthetic_data import main
+
+    # as a user runs it: the same command twice (was: a traceback from generate_dataset's ValueError)
+    out, small = tmp_path / "twice", ["--n_train", "1", "--n_val", "0", "--n_test", "0", "--size", "48", "48",
+                                      "--depth_range", "2", "2", "--frames", "1"]
+    assert _cli("make_synthetic_data.py", "--out", str(out), *small).returncode == 0
+    r = _cli("make_synthetic_data.py", "--out", str(out), *small)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == f"error: --out {out} exists and is not empty; pass --overwrite to replace it"
+    (tmp_path / "file").write_text("x")
+    new = str(tmp_path / "new")
+    for argv, line in [
+        (["--size", "32", "32"], "--size 32 32: too small; use at least 48 48"),
+        (["--n_train", "0"], "--n_train 0: use 1 or more (training needs a patient)"),
+        (["--n_test", "-1"], "--n_test -1: use 0 or more"),
+        (["--n_train", "990", "--n_val", "10"],
+         "--n_train + --n_val + --n_test = 1004 patients: use at most 999 in all"),
+        (["--frames", "0"], "--frames 0: use 1 to 99"),
+        (["--depth_range", "5", "3"], "--depth_range 5 3: use MIN MAX with 1 <= MIN <= MAX, e.g. 6 10"),
+        (["--seed", "-1"], "--seed -1: use 0 or more (numpy's seeding refuses negative seeds)"),
+        (["--out", str(tmp_path / "file")], f"--out {tmp_path / 'file'}: a file, not a folder; choose a new or "
+                                            f"empty folder"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            run_main(main, ["--out", new, *argv])
+        assert e.value.code == 2 and _error_line(capsys) == f"error: {line}", argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "twice"]  # nothing written
+
+
+def test_demo_refuses_a_root_path_it_can_neither_train_on_nor_fill(tmp_path, capsys):
+    import demo
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        run_main(demo.main, ["--root_path", str(folder), "--gpu", "-1"])
+    assert e.value.code == 2  # (was: "pass --overwrite", a flag the demo does not have)
+    assert _error_line(capsys) == (f"error: --root_path {folder}: a folder with files but no train_slices.list; "
+                                   f"pass a prepared dataset folder, or a new or empty folder for the synthetic "
+                                   f"dataset")
+    assert os.listdir(folder) == ["notes.txt"]
 
 
 def test_failed_build_leaves_nothing(tmp_path, monkeypatch):

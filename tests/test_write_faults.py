@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -35,7 +36,7 @@ from utils import checkpoint as ckpt_mod
 from utils.config import run_main
 from utils.errors import CheckpointError, WriteError
 from utils.progress import plot_progress, write_csv
-from utils.trainer import _StopOnSignal
+from utils.trainer import TrainingRun, _StopOnSignal, write_image_grid
 
 CODE = os.path.join(os.path.dirname(__file__), "..", "code")
 NO_SPACE = os.strerror(errno.ENOSPC)
@@ -147,6 +148,9 @@ WRITERS = {  # name -> (file name, write(path, version)): every kind of file the
                                                          palette=[0, 0, 0, 255, 0, 0])),
     "probabilities": ("scan_probabilities.npz", lambda p, v: predict.write_probabilities(
         p, np.full((2, 3, 20, 20), v / 10, np.float32), ["BG", "LV"])),
+    # --save_images (noise: a PNG of a few kB, so that "part-way" is inside it)
+    "training image grid": ("train_image_gt_pred_10.png", lambda p, v: write_image_grid(
+        p, np.random.default_rng(v).random((3, 40, 60)))),
 }
 
 
@@ -167,6 +171,24 @@ def test_every_writer_on_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp
     assert open(path, "rb").read() == before and _leftovers(tmp_path) == []
     write(path, 3)  # space again: the next write goes through
     assert open(path, "rb").read() != before
+
+
+def test_save_images_onto_a_full_disk_is_a_write_error_and_leaves_no_cut_png(tmp_path, monkeypatch):
+    """TrainingRun.log_images with --save_images (was: cv2.imwrite's False ignored, a cut or missing PNG)."""
+    run = SimpleNamespace(args=SimpleNamespace(save_images=True), snapshot=str(tmp_path),
+                          info=SimpleNamespace(class_names=["BG", "RV", "Myo", "LV"]),
+                          writer=SimpleNamespace(add_image=lambda *a: None))
+    panels = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    TrainingRun.log_images(run, "train/image_gt_pred", panels, 9)
+    images = tmp_path / "images"
+    assert os.listdir(images) == ["train_image_gt_pred_10.png"]
+    _watch_writes(monkeypatch, _temporary, _full_after(1000))
+    with pytest.raises(WriteError) as e:
+        TrainingRun.log_images(run, "train/image_gt_pred", panels, 19)
+    monkeypatch.undo()
+    assert str(e.value) == (f"{images / 'train_image_gt_pred_20.png'}: cannot be written ({NO_SPACE}); free disk "
+                            f"space and run again")
+    assert os.listdir(images) == ["train_image_gt_pred_10.png"]  # no cut PNG, no temporary file
 
 
 # ---------------------------------------------------------------------------------- 1. NIfTI onto a full disk

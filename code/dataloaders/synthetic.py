@@ -40,6 +40,9 @@ CLASS_NAMES = ["BG", "RV", "Myo", "LV"]
 # labelnum values (patients) for which dataset.json lists the slice count of the first N patients;
 # the number of train patients is added as well.
 LABELNUMS = (1, 2, 3, 4, 7)
+# generate_dataset's limits, here for make_synthetic_data.py to name the flag at fault (patient numbers have 3
+# digits, frame numbers 2)
+MAX_PATIENTS, MAX_FRAMES, MIN_SIZE = 999, 99, 48
 # Images are stored on a 1/256 grid (8-bit-like; exact in float32): 0 and 1 stay exact, files stay small.
 _QUANT = 256.0
 
@@ -230,7 +233,7 @@ def _patient_rng(seed: int, index: int) -> np.random.Generator:
 
 def generate_dataset(out_dir, seed: int = 0, n_train: int = 16, n_val: int = 4, n_test: int = 4,
                      size=(128, 128), depth_range=(6, 10), size_jitter: bool = True, frames: int = 2,
-                     overwrite: bool = False, write_train_volumes: bool = True) -> dict:
+                     overwrite: bool = False, write_train_volumes: bool = True, where=None) -> dict:
     """Write a synthetic ACDC-like dataset in the SSL4MIS layout to ``out_dir`` and return a summary.
 
     Patients are numbered patient001.. in the order train, val, test; each has ``frames`` volumes
@@ -238,7 +241,8 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 16, n_val: int = 4, 
     ``depth_range`` (inclusive). With ``size_jitter`` each patient gets its own H, W = size ± up to 16 px
     (even numbers). The folder is built beside ``out_dir`` and renamed into place; an existing non-empty
     ``out_dir`` is refused unless ``overwrite``. Train volumes are also written as ``data/<volume>.h5``
-    unless ``write_train_volumes=False``. Patient i's data depend only on (seed, i).
+    unless ``write_train_volumes=False``. Patient i's data depend only on (seed, i). ``where``: the flag that
+    chose ``out_dir``, named when the folder cannot be written.
 
     Returns a summary dict: out_dir, seconds, patients, {train,val,test}_patients, volumes (per split),
     train_slices, patients_to_slices, train_patient_slices, shapes ({volume: [D,H,W]}), class_fractions.
@@ -248,17 +252,17 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 16, n_val: int = 4, 
     n_train, n_val, n_test, frames = int(n_train), int(n_val), int(n_test), int(frames)
     if n_train < 1 or n_val < 0 or n_test < 0:
         raise ValueError("need n_train >= 1 and n_val, n_test >= 0")
-    if not 1 <= frames <= 99:
-        raise ValueError("frames must be in 1..99")
-    if n_train + n_val + n_test > 999:
-        raise ValueError("at most 999 patients")
+    if not 1 <= frames <= MAX_FRAMES:
+        raise ValueError(f"frames must be in 1..{MAX_FRAMES}")
+    if n_train + n_val + n_test > MAX_PATIENTS:
+        raise ValueError(f"at most {MAX_PATIENTS} patients")
     dmin, dmax = int(depth_range[0]), int(depth_range[1])
     if not 1 <= dmin <= dmax:
         raise ValueError(f"bad depth_range {depth_range}")
     H0, W0 = int(size[0]), int(size[1])
-    if min(H0, W0) < 48:
-        raise ValueError(f"size too small: {size} (need >= 48)")
-    with atomic_folder(out_dir, overwrite) as tmp:
+    if min(H0, W0) < MIN_SIZE:
+        raise ValueError(f"size too small: {size} (need >= {MIN_SIZE})")
+    with atomic_folder(out_dir, overwrite, where) as tmp:
         summary = _build(tmp, seed, n_train, n_val, n_test, (H0, W0), (dmin, dmax), size_jitter, frames,
                          write_train_volumes)
     summary["out_dir"] = str(out_dir)

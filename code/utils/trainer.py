@@ -57,6 +57,7 @@ from utils.progress import TermsLog, on_terminal, plot_progress, write_csv
 from utils.provenance import code_provenance, data_fingerprint, machine_info
 from utils.ramps import poly_lr
 from utils.run_folder import FolderLock, check_same_run
+from utils.safe_write import write_bytes, write_error
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -298,11 +299,8 @@ class TrainingRun:
                           self.info.class_names)  # (DiffRect's grid has its rectified panel only after refine_start)
         self.writer.add_image(tag, grid, iteration + 1)
         if self.args.save_images:
-            import cv2
-
-            os.makedirs(os.path.join(self.snapshot, "images"), exist_ok=True)
-            png = (grid.transpose(1, 2, 0)[..., ::-1] * 255).round().astype(np.uint8)
-            cv2.imwrite(os.path.join(self.snapshot, "images", f"{tag.replace('/', '_')}_{iteration + 1}.png"), png)
+            write_image_grid(os.path.join(self.snapshot, "images", f"{tag.replace('/', '_')}_{iteration + 1}.png"),
+                             grid)
         return grid
 
     # ------------------------------------------------------------------------------------------- the loop
@@ -545,6 +543,19 @@ class TrainingRun:
     def _write_curve(self, curve):
         write_csv(os.path.join(self.snapshot, "val_curve.csv"), curve)
         plot_progress(os.path.join(self.snapshot, "progress.png"), self.terms_log.rows, curve)
+
+
+def write_image_grid(path, grid):
+    """A (3, H, W) float grid in [0, 1] (panel_grid's) -> a PNG at `path`, whole or not at all (write_file).
+    Encoded in memory and written by Python, not by cv2.imwrite: on a full disk or a read-only folder that only
+    returns False, saying neither why nor whether it left a cut file."""
+    import cv2
+
+    png = (grid.transpose(1, 2, 0)[..., ::-1] * 255).round().astype(np.uint8)  # RGB -> cv2's BGR
+    ok, encoded = cv2.imencode(".png", png)
+    if not ok:  # (cv2 says no more than False)
+        raise write_error(path, RuntimeError(f"cv2 could not encode a {png.shape[1]}x{png.shape[0]} image as PNG"))
+    write_bytes(path, encoded.reshape(-1))
 
 
 class _StopOnSignal:
