@@ -75,7 +75,7 @@ def test_number_in_accepts_its_interval_and_names_the_rest():
     (train_fixmatch_ACDC, "--conf_thresh", "95"),  # a percentage: no pixel would pass, silently all background
     (train_diffrect_ACDC, "--conf_thresh", "1"), (train_diffrect_ACDC, "--seed", "-1"),
     (train_mean_teacher_ACDC, "--ema_decay", "99"), (train_ict_ACDC, "--ict_alpha", "0"),
-    (train_mcnetv2_ACDC, "--temperature", "0"), (train_uamt_ACDC, "--base_lr", "0"),
+    (train_mcnetv2_ACDC, "--temperature", "0"), (train_uamt_ACDC, "--base_lr", "-0.01"),
     (train_bcp_ACDC, "--crop_ratio", "1"), (train_unimatch_ACDC, "--fp_dropout", "1"),
     (train_cps_ACDC, "--consistency", "-0.1")])
 def test_out_of_range_flags_stop_in_one_line_before_anything_is_written(tiny_root, tmp_path, capsys, script,

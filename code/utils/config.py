@@ -71,8 +71,8 @@ def training_parser(description, models=None, **defaults):
     g.add_argument("--max_iterations", type=int, default=30000, help="training iterations in all")
     g.add_argument("--batch_size", type=int, default=24, help="slices per step (per process under torchrun)")
     g.add_argument("--labeled_bs", type=int, default=12, help="labeled slices per step")
-    g.add_argument("--base_lr", type=number_in(0, low_open=True), default=0.01,
-                   help="SGD learning rate (poly-decayed where the script says so)")
+    g.add_argument("--base_lr", type=number_in(0), default=0.01,
+                   help="SGD learning rate (poly-decayed where the script says so; 0 keeps the weights)")
     g.add_argument("--seed", type=SEED, default=1337, help="every random stream of the run derives from it")
     g.add_argument("--deterministic", type=int, default=1, choices=[0, 1], help="1: deterministic cuDNN kernels")
     g.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
