@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dataloaders.layout import check_output
 from dataloaders.synthetic import MAX_FRAMES, MAX_PATIENTS, MIN_SIZE, generate_dataset
-from utils.config import UsageError, run_main
+from utils.config import SEED, UsageError, run_main
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "synthetic_ACDC"
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
                     help=f"output folder (default: {DEFAULT_OUT})")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=SEED, default=0)
     ap.add_argument("--n_train", type=int, default=16, help="train patients")
     ap.add_argument("--n_val", type=int, default=4, help="val patients")
     ap.add_argument("--n_test", type=int, default=4, help="test patients")
@@ -41,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args, out: Path) -> None:
     """Each bad flag as one line naming it and the fix, before anything is written (generate_dataset's own
     errors name no flag)."""
-    if args.seed < 0:
-        raise UsageError(f"--seed {args.seed}: use 0 or more (numpy's seeding refuses negative seeds)")
     if args.n_train < 1:
         raise UsageError(f"--n_train {args.n_train}: use 1 or more (training needs a patient)")
     for flag, n in (("--n_val", args.n_val), ("--n_test", args.n_test)):
@@ -58,8 +56,6 @@ def check_args(args, out: Path) -> None:
         raise UsageError(f"--depth_range {lo} {hi}: use MIN MAX with 1 <= MIN <= MAX, e.g. 6 10")
     if min(args.size) < MIN_SIZE:
         raise UsageError(f"--size {args.size[0]} {args.size[1]}: too small; use at least {MIN_SIZE} {MIN_SIZE}")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: a file, not a folder; choose a new or empty folder")
     try:
         check_output(out, args.overwrite)
     except ValueError as e:  # a non-empty folder without --overwrite

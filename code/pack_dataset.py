@@ -109,6 +109,8 @@ def unpack(packed, root, overwrite=False):
         raise damaged(packed, e) from None
     except (OSError, ValueError) as e:
         raise UsageError(f"--packed {packed}: not a file written by pack_dataset.py ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy holds one array, no index
+        raise UsageError(f"--packed {packed}: one array, not a file written by pack_dataset.py (an .npz)")
     with z:
         index = member(z, "index", packed)
         try:

@@ -39,7 +39,8 @@ def parse_args(argv):
     p.add_argument("--tta", action="store_true", help="average the probabilities of the 4 flips of each slice")
     p.add_argument("--save_probabilities", action="store_true", help="also write <name>_probabilities.npz")
     p.add_argument("--channel", type=int, default=None, help="the channel of 4-D / multi-channel inputs; of a "
-                   "colour picture: 0 R, 1 G, 2 B (default: grey by luminance)")
+                   "colour picture: 0 R, 1 G, 2 B (default: the checkpoint's, from prepare_data.py folder "
+                   "--channel; else grey by luminance)")
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index; -1 or no CUDA: CPU")
     p.add_argument("--batch_size", type=int, default=16, help="slices per forward pass")
     args = p.parse_args(argv)
@@ -78,6 +79,8 @@ def main(argv=None):
     device = select_device(args.gpu)
     model, ckpt = load_segmenter(args.checkpoint, device)
     normalization = ckpt.get("normalization", {"scheme": "minmax"})  # checkpoints before it was kept: minmax
+    if args.channel is None:  # the channel the training images were read from (prepare_data.py folder --channel)
+        args.channel = ckpt.get("channel")
     class_names = ckpt.get("class_names") or [str(c) for c in range(ckpt["arch"]["num_classes"])]
     def same(out, f):  # also where the file system ignores case (SCAN.NII.GZ -> SCAN.nii.gz)
         return os.path.abspath(out) == os.path.abspath(f) or (os.path.exists(out) and os.path.samefile(out, f))

@@ -29,7 +29,7 @@ except ImportError:  # not POSIX: no cross-invocation lock
     fcntl = None
 
 from utils.checkpoint import atomic_write_text
-from utils.config import PROJECT_ROOT, UsageError, run_main
+from utils.config import PROJECT_ROOT, SEED, UsageError, run_main
 from utils.experiment_presets import PRESETS
 from utils.ledger import append_entry, attempts_of, entry_for, next_attempt, read_ledger
 
@@ -40,7 +40,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="a preset name (see --list)")
     p.add_argument("--root_path", default=None, help="dataset folder (default: the preset's, under the project)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's (1337 2 3)")
+    p.add_argument("--seeds", type=SEED, nargs="+", default=None, help="default: the preset's (1337 2 3)")
     p.add_argument("--gpus", type=int, nargs="+", default=None,
                    help="CUDA devices by number as torch counts them (0, 1, ...; within CUDA_VISIBLE_DEVICES when "
                    "set), one run on each at a time (default: one run after another, on --gpu 0 or the CPU as the "
@@ -64,8 +64,6 @@ def parse_args(argv):
         raise UsageError(f"--preset {args.preset!r} is unknown; choose one of {', '.join(PRESETS)} (--list)")
     if args.max_run_iterations is not None and args.max_run_iterations <= 0:
         raise UsageError(f"--max_run_iterations {args.max_run_iterations} must be positive")
-    if args.seeds and min(args.seeds) < 0:
-        raise UsageError(f"--seeds {min(args.seeds)}: use seeds of 0 or more (numpy's seeding refuses negative ones)")
     if args.gpus:
         check_gpus(args.gpus, devices=not (args.dry_run or args.list))
     return args
@@ -77,10 +75,10 @@ def check_gpus(gpus, devices=True):
     which prints the plan for another machine perhaps and starts nothing."""
     negative = [g for g in gpus if g < 0]
     if negative:
-        raise UsageError(f"--gpus {negative[0]}: device numbers are 0 or more (0, 1, ... as nvidia-smi lists them)")
+        raise UsageError(f"--gpus {negative[0]}: device numbers are 0 or more (0, 1, ... as torch counts them)")
     if not devices:
         return
-    import torch  # here, as this file imports no torch of its own; --list and the dry run query no CUDA
+    import torch  # (loaded already, by utils.config); only here is CUDA queried, never for --list or a dry run
 
     if not torch.cuda.is_available():
         raise UsageError(f"--gpus {' '.join(map(str, gpus))}: no CUDA device is visible here (its runs would train "
@@ -88,8 +86,10 @@ def check_gpus(gpus, devices=True):
     n = torch.cuda.device_count()
     missing = [g for g in gpus if g >= n]
     if missing:
-        raise UsageError(f"--gpus {missing[0]}: this machine has {n} visible GPU{'s' if n > 1 else ''} "
-                         f"(0{f'-{n - 1}' if n > 1 else ''}); choose among them")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"CUDA_VISIBLE_DEVICES={visible} leaves" if visible is not None else "this machine has"
+        raise UsageError(f"--gpus {missing[0]}: {where} {n} GPU{'s' if n > 1 else ''}, numbered "
+                         f"0{f'-{n - 1}' if n > 1 else ''} as torch counts them; choose among them")
 
 
 def device_env(gpu):

@@ -37,7 +37,7 @@ from collections import defaultdict
 import numpy as np
 
 from utils.checkpoint import atomic_write_text
-from utils.config import UsageError, run_main
+from utils.config import SEED, UsageError, run_main
 from utils.ledger import attempt_folder, read_ledger
 from utils.provenance import machine_label
 from utils.statistics import (hierarchical_bootstrap, holm, patient_scores, percentile_ci, probability_of_improvement,
@@ -61,7 +61,7 @@ def parse_args(argv):
     p.add_argument("--why", action="append", default=[], help="the reason for each --exclude (one for all, or one "
                    "per --exclude, in order); printed under the table")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap samples")
-    p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap (tables repeat exactly)")
+    p.add_argument("--bootstrap_seed", type=SEED, default=0, help="seed of the bootstrap (tables repeat exactly)")
     args = p.parse_args(argv)
     if args.exclude and len(args.why) not in (1, len(args.exclude)):
         raise UsageError(f"--exclude given {len(args.exclude)} times: give one --why for all, or one per --exclude")
@@ -69,9 +69,6 @@ def parse_args(argv):
         raise UsageError("--why without --exclude: name the attempt to leave out (--exclude RUN:ATTEMPT)")
     if args.bootstrap < 100:
         raise UsageError(f"--bootstrap {args.bootstrap}: use at least 100 samples (default 10000)")
-    if args.bootstrap_seed < 0:
-        raise UsageError(f"--bootstrap_seed {args.bootstrap_seed}: use 0 or more (numpy's seeding refuses negative "
-                         f"seeds)")
     return args
 
 

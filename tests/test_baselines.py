@@ -63,7 +63,8 @@ def test_number_in_accepts_its_interval_and_names_the_rest():
     closed, half_open, positive = number_in(0, 1), number_in(0, 1, high_open=True), number_in(0, low_open=True)
     assert (closed("0"), closed("1"), half_open("0.99"), positive("1e9")) == (0.0, 1.0, 0.99, 1e9)
     assert number_in(0, kind=int)("7") == 7
-    for parse, text, message in [(half_open, "1", "1 must be in [0, 1)"), (positive, "0", "0 must be in (0, inf]"),
+    for parse, text, message in [(half_open, "1", "1 must be in [0, 1)"), (positive, "0", "0 must be in (0, inf)"),
+                                 (positive, "inf", "inf must be in (0, inf)"),
                                  (closed, "-0.5", "-0.5 must be in [0, 1]"), (closed, "nan", "nan must be in"),
                                  (closed, "x", "'x' is not a number"), (number_in(0, kind=int), "-1", "-1 must be"),
                                  (number_in(0, kind=int), "2.5", "'2.5' is not an integer")]:

@@ -276,6 +276,15 @@ def _one_error_line(capsys, main, argv):
     return err.strip()
 
 
+def _argparse_error(capsys, main, argv):
+    """argparse's refusal of a flag's value: its usage, then one error line; exit code 2, no traceback."""
+    with pytest.raises(SystemExit) as e:
+        run_main(main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
 def test_gpus_and_negative_seeds_are_refused_in_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
     argv = ["--preset", "smoke", "--root_path", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine (was: every run on the CPU)
@@ -283,17 +292,22 @@ def test_gpus_and_negative_seeds_are_refused_in_one_line_before_anything_runs(tm
         "error: --gpus 0: no CUDA device is visible here (its runs would train on the CPU); leave --gpus out, or run "
         "on a machine with GPUs")
     assert _one_error_line(capsys, run_experiments.main, argv + ["--gpus", "0", "-1"]) == (
-        "error: --gpus -1: device numbers are 0 or more (0, 1, ... as nvidia-smi lists them)")
-    assert _one_error_line(capsys, run_experiments.main, argv + ["--seeds", "1337", "-2"]) == (
-        "error: --seeds -2: use seeds of 0 or more (numpy's seeding refuses negative ones)")
+        "error: --gpus -1: device numbers are 0 or more (0, 1, ... as torch counts them)")
+    assert _argparse_error(capsys, run_experiments.main, argv + ["--seeds", "1337", "-2"]).endswith(
+        "error: argument --seeds: -2 must be in [0, inf)")
     assert len(run_experiments.main(argv + ["--gpus", "0", "--dry_run"])) > 0  # a plan, perhaps for another machine
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a 2-GPU machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert _one_error_line(capsys, run_experiments.main, argv + ["--gpus", "1", "4"]) == (
-        "error: --gpus 4: this machine has 2 visible GPUs (0-1); choose among them")
+        "error: --gpus 4: this machine has 2 GPUs, numbered 0-1 as torch counts them; choose among them")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # e.g. a cluster's allocation: physical 2 and 3 are 0 and 1
+    assert _one_error_line(capsys, run_experiments.main, argv + ["--gpus", "2", "3"]) == (
+        "error: --gpus 2: CUDA_VISIBLE_DEVICES=2,3 leaves 2 GPUs, numbered 0-1 as torch counts them; choose among "
+        "them")
     assert os.listdir(tmp_path) == []  # no dataset generated, no run folder
-    assert _one_error_line(capsys, summarize_experiments.main, [str(tmp_path), "--bootstrap_seed", "-1"]) == (
-        "error: --bootstrap_seed -1: use 0 or more (numpy's seeding refuses negative seeds)")
+    assert _argparse_error(capsys, summarize_experiments.main, [str(tmp_path), "--bootstrap_seed", "-1"]).endswith(
+        "error: argument --bootstrap_seed: -1 must be in [0, inf)")
 
 
 def test_gpus_count_within_cuda_visible_devices(monkeypatch):

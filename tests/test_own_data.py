@@ -26,7 +26,7 @@ import train_mean_teacher_ACDC
 import train_uamt_ACDC
 from dataloaders.dataset import NO_LABEL, DataError
 from dataloaders.datasets import load_dataset_info
-from dataloaders.intensity import normalize
+from dataloaders.intensity import ct_window, normalize
 from own_data_fixtures import DIRECTION, ORIGIN, SPACING, make_nnunet, make_png_folder, nifti
 from utils.errors import UsageError
 from utils.evaluation import load_segmenter, predict_volume
@@ -293,6 +293,14 @@ def test_predict_channel_takes_one_colour_of_a_picture(trained, tmp_path):
     with pytest.raises(DataError, match=r"grey/scan.png: has one channel \(grey\); --channel 1 does not exist"):
         predict.main(base + ["--input", str(tmp_path / "grey"), "--output", str(tmp_path / "o4"), "--channel", "1"])
     assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
+    ckpt = torch.load(trained, weights_only=False)
+    assert ckpt["channel"] is None  # prepared from nnU-Net files: one channel each
+    ckpt["channel"] = 1  # as training on a folder prepared with --channel 1 writes it
+    torch.save(ckpt, tmp_path / "green.pth")
+    predict.main(["--checkpoint", str(tmp_path / "green.pth"), "--gpu", "-1", "--input", str(tmp_path / "colour"),
+                  "--output", str(tmp_path / "out_default")])  # no --channel: the checkpoint's
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out_default" / "scan.png")),
+                                  np.array(Image.open(tmp_path / "out_g" / "scan.png")))
 
 
 def test_folder_channel_picks_a_colour_or_a_channel_of_4d_images(tmp_path):
@@ -306,6 +314,7 @@ def test_folder_channel_picks_a_colour_or_a_channel_of_4d_images(tmp_path):
         green = (255 - grey).astype(np.float32)
         np.testing.assert_allclose(f["image"][0], (green - green.min()) / (green.max() - green.min()), atol=1e-6)
     assert json.load(open(tmp_path / "g" / "dataset.json"))["source"]["channel"] == 1
+    assert load_dataset_info(str(tmp_path / "g")).channel == 1  # into every checkpoint, for predict.py
     with pytest.raises(DataError, match=r"img00.png: --channel 3 does not exist \(it has 3: 0..2\)"):
         prepare_data.main(base + ["--output", str(tmp_path / "bad"), "--channel", "3"])
     # 4-D NIfTI images: the message's --channel K is a flag of the folder subcommand
@@ -346,6 +355,8 @@ def test_a_ct_channel_gets_one_window_for_the_dataset(tmp_path):
         lo, hi = norm["window"]
         np.testing.assert_allclose(f["image"][()], np.clip((image.astype(np.float32) - lo) / (hi - lo), 0, 1),
                                    atol=1e-6)
+    with pytest.raises(ValueError, match=r"one intensity \(3\) between its 0.5 and 99.5 percentiles, no window"):
+        ct_window([np.full(50, 3.0), np.r_[np.full(500, 3.0), 9.0]])  # a flat foreground: no window to write
 
 
 def test_nnunet_label_values_map_to_ids_and_mismatches_are_refused(tmp_path):

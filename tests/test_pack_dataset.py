@@ -12,6 +12,7 @@ import pytest
 
 import pack_dataset
 from dataloaders.dataset import DataError
+from utils.errors import UsageError
 
 CODE = os.path.join(os.path.dirname(__file__), "..", "code")
 
@@ -59,6 +60,9 @@ def test_bad_paths_give_one_line(tiny_root, tmp_path):
     r = _cli("unpack", "--packed", str(tmp_path / "junk.npz"), "--root_path", str(tmp_path / "u"))
     assert r.returncode == 2 and "not a file written by pack_dataset.py" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "u").exists()
+    np.save(tmp_path / "one.npy", np.arange(3))  # a .npy: np.load gives an array, not an archive
+    with pytest.raises(UsageError, match=r"one.npy: one array, not a file written by pack_dataset.py"):
+        pack_dataset.unpack(str(tmp_path / "one.npy"), tmp_path / "u")
     packed = tmp_path / "ok.npz"
     pack_dataset.pack(tiny_root, packed)
     (tmp_path / "full").mkdir()

@@ -325,13 +325,14 @@ def test_cli_bad_flags_end_in_one_line_naming_the_flag(tmp_path, capsys):
          "--n_train + --n_val + --n_test = 1004 patients: use at most 999 in all"),
         (["--frames", "0"], "--frames 0: use 1 to 99"),
         (["--depth_range", "5", "3"], "--depth_range 5 3: use MIN MAX with 1 <= MIN <= MAX, e.g. 6 10"),
-        (["--seed", "-1"], "--seed -1: use 0 or more (numpy's seeding refuses negative seeds)"),
-        (["--out", str(tmp_path / "file")], f"--out {tmp_path / 'file'}: a file, not a folder; choose a new or "
-                                            f"empty folder"),
+        (["--out", str(tmp_path / "file")], f"--out {tmp_path / 'file'} exists and is not a directory"),
     ]:
         with pytest.raises(SystemExit) as e:
             run_main(main, ["--out", new, *argv])
         assert e.value.code == 2 and _error_line(capsys) == f"error: {line}", argv
+    with pytest.raises(SystemExit) as e:  # numpy's seeding refuses negative seeds: argparse's usage error
+        run_main(main, ["--out", new, "--seed", "-1"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("argument --seed: -1 must be in [0, inf)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "twice"]  # nothing written
 
 

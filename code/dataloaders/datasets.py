@@ -22,6 +22,9 @@ class DatasetInfo:
     patients_to_slices: dict = field(default_factory=dict)  # labelnum (patients) -> first N slices
     # how raw intensities became [0, 1] (dataloaders/intensity.py); the paper's datasets: per-volume min-max
     normalization: dict = field(default_factory=lambda: {"scheme": "minmax"})
+    # the channel read of each image file (prepare_data.py folder --channel), for predict.py to read the same one;
+    # None: the file's only channel, or a colour picture's luminance
+    channel: int = None
 
 
 DATASETS = {
@@ -75,7 +78,19 @@ def read_description(path):
                         f"{found}; {_FIX}")
     return DatasetInfo(str(d.get("name", d.get("dataset", "custom"))), n, list(names),
                        _slice_table(path, d.get("patients_to_slices", {})),
-                       _normalization(path, d.get("normalization", {"scheme": "minmax"})))
+                       _normalization(path, d.get("normalization", {"scheme": "minmax"})), _image_channel(path, d))
+
+
+def _image_channel(path, d):
+    """source.channel of a `folder` preparation: the channel taken from within each image file. (nnU-Net's
+    channel is a file of its own, _0000, _0001, ...: a new scan is that one file, with nothing to pick.)"""
+    source = d.get("source")
+    if not isinstance(source, dict) or source.get("format") != "folder" or source.get("channel") is None:
+        return None
+    if not _whole(source["channel"]) or source["channel"] < 0:
+        raise DataError(f"{path}: source.channel must be a channel number (0 or more), found "
+                        f"{_short(source['channel'])}; {_FIX}")
+    return source["channel"]
 
 
 def _whole(v):

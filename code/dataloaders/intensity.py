@@ -36,6 +36,9 @@ def ct_window(samples):
     if values.size == 0:
         raise ValueError("no foreground voxels in the labeled training cases to set a CT window from")
     lo, hi = np.percentile(values.astype(np.float64), CT_PERCENTILES)
+    if not hi > lo:  # a window of one value would map every voxel to 0 (and dataset.json refuses it)
+        raise ValueError(f"the labeled foreground has one intensity ({lo:g}) between its {CT_PERCENTILES[0]} and "
+                         f"{CT_PERCENTILES[1]} percentiles, no window")
     return [float(lo), float(hi)]
 
 

@@ -3,6 +3,7 @@
 Every check runs before any training starts and fails with one line naming the flag and the fix.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -26,8 +27,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def number_in(low=None, high=None, *, low_open=False, high_open=False, kind=float):
     """An argparse type for a number in [low, high] (None: unbounded; an open end excludes its bound). A value
     outside is argparse's usage error naming the flag, before anything is read or written."""
-    interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}" \
-               f"{')' if high_open else ']'}"
+    interval = f"{'(' if low_open or low is None else '['}{'-inf' if low is None else low}, " \
+               f"{'inf' if high is None else high}{')' if high_open or high is None else ']'}"
 
     def parse(text):
         try:
@@ -36,7 +37,7 @@ def number_in(low=None, high=None, *, low_open=False, high_open=False, kind=floa
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or value != value:  # value != value: NaN
+        if too_low or too_high or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} must be in {interval}")
         return value
 
@@ -94,7 +95,8 @@ def training_parser(description, models=None, **defaults):
                    "last.pth (instead of resuming it)")
     g.add_argument("--max_run_iterations", type=int, default=None, help="stop this invocation after N iterations "
                    "(saving last.pth), e.g. to fit a job time limit; running again resumes")
-    g.add_argument("--max_nonfinite", type=int, default=5, help="stop after this many non-finite losses in a row")
+    g.add_argument("--max_nonfinite", type=int, default=5,
+                   help="stop after more than this many non-finite losses in a row")
     g.add_argument("--snapshot_dir", default=None, help="the run's folder; none given: "
                    "model/{exp}_{labelnum}_labeled/{model}")
     p.set_defaults(**defaults)

@@ -536,6 +536,7 @@ class TrainingRun:
                 "arch": {"net": a.model, "in_chns": 1, "num_classes": self.num_classes},
                 "patch_size": list(a.patch_size), "class_names": self.info.class_names,
                 "normalization": self.info.normalization,  # what predict.py applies to a new scan
+                "channel": self.info.channel,  # and the channel it reads of one
                 "model": eval_model.state_dict(),
                 "extra_models": {n: m.state_dict() for n, m in models.items() if m is not eval_model},
                 "config": vars(a)}
