@@ -130,9 +130,13 @@ def acdc_split_from_lists(folder, volumes):
     for s, ids in split.items():
         missing = [v for v in ids if v not in volumes]
         if missing:
-            raise DataError(f"{os.path.join(folder, s + '.list')}: names {missing[0]} (and {len(missing) - 1} more) "
-                            f"that the download (--input) lacks; correct the list or complete the download")
+            raise DataError(f"{os.path.join(folder, s + '.list')}: names {missing[0]}{_more(missing)} that the "
+                            f"download (--input) lacks; correct the list or complete the download")
     return split, slices
+
+
+def _more(items):
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
 def check_slice_list(path, slices, volumes, held_out):
@@ -246,8 +250,8 @@ def own_split_from_lists(folder, labeled):
     for s, ids in split.items():
         missing = [c for c in ids if c not in labeled]
         if missing:
-            raise DataError(f"{s}.list names {missing[0]!r} (and {len(missing) - 1} more), which is not a labeled "
-                            f"case of the input")
+            raise DataError(f"{s}.list names {missing[0]!r}{_more(missing)}, which is not a labeled case of the "
+                            f"input")
     held = set(split["val"]) | set(split.get("test", []))
     both = sorted(set(split.get("train", [])) & held) + sorted(set(split["val"]) & set(split.get("test", [])))
     if both:
@@ -286,6 +290,9 @@ def prepare_own(args):
         split = seeded_split(labeled, fractions, args.seed)
     train_labeled = split["train"]
     split["train"] = train_labeled + unlabeled  # labeled first: --labelnum N takes the first N of them
+    if names is not None and not 2 <= len(names) <= 255:  # before the slow reading (labels are uint8 class ids)
+        where = "--classes" if args.dataset == "folder" else os.path.join(args.input, "dataset.json") + " labels"
+        raise UsageError(f"{where}: {len(names)} classes; a dataset has 2 to 255, background included")
     scheme = args.normalize or default_scheme(channel_name)
     # pass 1: read and check every case, keeping only its depth, top label and (ct) a sample of its foreground,
     # so that a large CT dataset never sits in memory whole

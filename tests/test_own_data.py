@@ -416,6 +416,10 @@ def test_folder_inputs_that_would_go_wrong_silently_are_refused(tmp_path):
             prepare_data.main(base + ["--output", str(tmp_path / "b")])
     summary = prepare_data.main(base + ["--output", str(tmp_path / "c"), "--classes", "BG=0", "heart=255"])
     assert summary["class_names"] == ["BG", "heart"]
+    # more classes than a dataset.json may hold (uint8 class ids), refused before the reading
+    with pytest.raises(UsageError, match=r"^--classes: 256 classes; a dataset has 2 to 255, background included$"):
+        prepare_data.main(base + ["--output", str(tmp_path / "many"), "--classes", "BG",
+                                  *[f"c{k}" for k in range(1, 256)]])
     # RGB images become grey by luminance, not by their first channel
     rgb = np.zeros((48, 56, 3), np.uint8)
     rgb[..., 1] = 200

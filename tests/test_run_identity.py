@@ -4,6 +4,8 @@ import dataclasses
 import errno
 import json
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -218,13 +220,25 @@ def test_flag_values_that_cannot_work(tiny_root, tmp_path):
     assert not os.path.exists(snap)
 
 
-def test_test_acdc_faults(tiny_root, finished, monkeypatch):
+def test_test_acdc_faults(tiny_root, finished, monkeypatch, tmp_path):
     ckpt = os.path.join(finished, "unet_best_model.pth")
     with pytest.raises(UsageError, match="--batch_size 0 must be positive"):
         test_ACDC.main(["--checkpoint", ckpt, "--root_path", tiny_root, "--batch_size", "0"])
     with pytest.raises(UsageError, match="--use_spacing: .* has no 'spacing' attribute"):
         test_ACDC.main(["--checkpoint", ckpt, "--root_path", tiny_root, "--split", "val", "--use_spacing",
                         "--gpu", TEST_GPU])
+    root = shutil.copytree(tiny_root, tmp_path / "spaced")  # spacings another tool might write
+    val = [os.path.join(root, "data", f"{v}.h5") for v in open(os.path.join(root, "val.list")).read().split()]
+    for path in val:
+        with h5py.File(path, "r+") as f:
+            f.attrs["spacing"] = [10.0, 1.5, 1.5]
+    for path, spacing, msg in [(val[-1], [1.5, 1.5], r"spacing \(1.5, 1.5\) must have one entry per array dimension"),
+                               (val[-1], [10.0, 0.0, 1.5], r"spacing \(10.0, 0.0, 1.5\) must be finite and positive")]:
+        with h5py.File(path, "r+") as f:
+            f.attrs["spacing"] = spacing
+        with pytest.raises(UsageError, match=f"^--use_spacing: {re.escape(path)}: its 'spacing' attribute {msg}"):
+            test_ACDC.main(["--checkpoint", ckpt, "--root_path", str(root), "--split", "val", "--use_spacing",
+                            "--gpu", TEST_GPU])  # (was: a ValueError traceback after every volume was predicted)
     # a failing write leaves no partial table
     real_open = open
 

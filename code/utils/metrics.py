@@ -69,7 +69,7 @@ def _check_shapes(pred: np.ndarray, gt: np.ndarray, what: str = "pred", other: s
         raise ValueError(f"expected arrays with at least one dimension, got shape {tuple(pred.shape)}")
 
 
-def _check_spacing(spacing, ndim: int) -> Optional[np.ndarray]:
+def check_spacing(spacing, ndim: int) -> Optional[np.ndarray]:
     """Return spacing as a float64 array of length ``ndim`` (or None)."""
     if spacing is None:
         return None
@@ -91,7 +91,7 @@ def worst_case_distance(shape: Sequence[int], spacing=None) -> float:
     used as HD95 and ASD when exactly one of prediction / ground truth is empty.
     """
     shape_arr = np.asarray(tuple(shape), dtype=np.float64)
-    sp = _check_spacing(spacing, shape_arr.shape[0])
+    sp = check_spacing(spacing, shape_arr.shape[0])
     if sp is None:
         sp = np.ones_like(shape_arr)
     return float(math.sqrt(float(np.sum(((shape_arr - 1.0) * sp) ** 2))))
@@ -125,7 +125,7 @@ def surface_distance_metrics(pred, gt, spacing=None):
     pred = np.asarray(pred).astype(bool)
     gt = np.asarray(gt).astype(bool)
     _check_shapes(pred, gt)
-    sp = _check_spacing(spacing, pred.ndim)
+    sp = check_spacing(spacing, pred.ndim)
     if not pred.any() or not gt.any():
         raise ValueError("surface_distance_metrics needs two non-empty masks")
 
@@ -175,7 +175,7 @@ def binary_metrics(pred, gt, spacing=None, *, fast: bool = False) -> Dict[str, o
     pred = np.asarray(pred)
     gt = np.asarray(gt)
     _check_shapes(pred, gt)
-    sp = _check_spacing(spacing, pred.ndim)
+    sp = check_spacing(spacing, pred.ndim)
     pred = pred.astype(bool)
     gt = gt.astype(bool)
 
@@ -251,7 +251,7 @@ def case_metrics(pred_vol, gt_vol, num_classes: int, spacing=None, class_names=N
             raise ValueError(
                 f"{name} has labels in [{vol.min()}, {vol.max()}], outside 0..{num_classes - 1}"
             )
-    sp = _check_spacing(spacing, pred_vol.ndim)
+    sp = check_spacing(spacing, pred_vol.ndim)
 
     labels = range(1, num_classes)
     scores = (executor.map if executor is not None else map)(
