@@ -40,7 +40,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="a preset name (see --list)")
     p.add_argument("--root_path", default=None, help="dataset folder (default: the preset's, under the project)")
-    p.add_argument("--seeds", type=SEED, nargs="+", default=None, help="default: the preset's (1337 2 3)")
+    p.add_argument("--seeds", type=SEED, nargs="+", default=None, help="default: the preset's (--list)")
     p.add_argument("--gpus", type=int, nargs="+", default=None,
                    help="CUDA devices by number as torch counts them (0, 1, ...; within CUDA_VISIBLE_DEVICES when "
                    "set), one run on each at a time (default: one run after another, on --gpu 0 or the CPU as the "
