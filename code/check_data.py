@@ -17,6 +17,7 @@ from collections import Counter
 from dataloaders.dataset import DataError, read_case
 from dataloaders.datasets import load_dataset_info
 from dataloaders.layout import read_ids
+from utils.errors import UsageError
 
 
 
@@ -25,7 +26,11 @@ def parse_args(argv):
     p.add_argument("--root_path", required=True)
     p.add_argument("--dataset", default=None, help="dataset table when the folder has no dataset.json")
     p.add_argument("--num_classes", type=int, default=None, help="default: from the dataset description")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UsageError(f"--num_classes {args.num_classes}: must be at least 2 (background and one class); leave "
+                         f"it out to take the dataset description's")
+    return args
 
 
 def check_file(path, num_classes, ndim, need_label=True):
@@ -107,4 +112,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.config import run_main
+
+    sys.exit(run_main(main))

@@ -79,6 +79,7 @@ def main(argv=None):
     device = select_device(args.gpu)
     model, ckpt = load_segmenter(args.checkpoint, device)
     normalization = ckpt.get("normalization", {"scheme": "minmax"})  # checkpoints before it was kept: minmax
+    from_checkpoint = args.channel is None and ckpt.get("channel") is not None
     if args.channel is None:  # the channel the training images were read from (prepare_data.py folder --channel)
         args.channel = ckpt.get("channel")
     class_names = ckpt.get("class_names") or [str(c) for c in range(ckpt["arch"]["num_classes"])]
@@ -89,7 +90,14 @@ def main(argv=None):
     if clash:
         raise UsageError(f"--output {args.output}: the mask of {clash[0]} would overwrite it; choose another folder")
     for f in progress(files, "checking inputs", disable=len(files) < 2):
-        read_image(f, args.channel)  # every input is readable and of a usable shape before anything is written
+        try:
+            read_image(f, args.channel)  # every input is readable and of a usable shape before anything is written
+        except DataError as e:
+            if not (from_checkpoint and f"--channel {args.channel} does not exist" in str(e)):
+                raise
+            raise DataError(f"{e}; that channel is the checkpoint's, not a flag you gave (its training data was "
+                            f"prepared with --channel {args.channel}): give --channel 0 to read a grey picture "
+                            f"or a one-channel volume, or --channel K to choose another") from None
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:

@@ -185,6 +185,23 @@ def test_truncated_h5_is_reported(tmp_path):
         read_case(str(p), 4, 2)
 
 
+def test_bad_spacing_and_empty_images_are_refused(tmp_path):
+    p = str(tmp_path / "v.h5")
+    for spacing, found in ((1.5, "1.5"), ("1x1x1", "'1x1x1'"), ([1.0, 2.0], r"\[1.0, 2.0\]")):
+        _write(p, np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.uint8))
+        with h5py.File(p, "r+") as f:
+            f.attrs["spacing"] = spacing
+        with pytest.raises(DataError, match=rf"v.h5: 'spacing' attribute must be 3 positive numbers \(z, y, x\), "
+                                            rf"found {found};"):
+            read_case(p, 4, 3)
+    with h5py.File(p, "r+") as f:
+        f.attrs["spacing"] = [5.0, 1.25, 1.25]
+    assert read_case(p, 4, 3)[2] == (5.0, 1.25, 1.25)
+    _write(p, np.zeros((0, 8, 8), np.float32), np.zeros((0, 8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"v.h5: image \(0, 8, 8\) is empty"):
+        read_case(p, 4, 3)
+
+
 def test_missing_files_and_lists(tmp_path):
     root = _tiny_root(tmp_path)
     os.remove(root / "data" / "slices" / "case3_slice_1.h5")
@@ -193,7 +210,16 @@ def test_missing_files_and_lists(tmp_path):
     (root / "val.list").write_text("\n")
     with pytest.raises(DataError, match="val.list: the list is empty"):
         VolumeDataset(str(root), "val", 4)
-    with pytest.raises(DataError, match="test.list: list file not found"):
+    # a prepared folder without a test split (own data with --test_fraction 0): say so, and what to use
+    with pytest.raises(DataError, match=r"test.list: .*ds has no test split \(no test.list\); use --split val$"):
+        VolumeDataset(str(root), "test", 4)
+    (root / "val.list").write_text("vol1\n")
+    (root / "test.list").write_text("vol9\n")
+    with pytest.raises(DataError, match=r"vol9.h5: listed in test.list but missing"):  # valtest: the real list
+        VolumeDataset(str(root), "valtest", 4)
+    os.remove(root / "train_slices.list")  # not a prepared folder at all: the list-file advice
+    os.remove(root / "test.list")
+    with pytest.raises(DataError, match=r"test.list: list file not found; is --root_path the prepared dataset"):
         VolumeDataset(str(root), "test", 4)
 
 

@@ -301,6 +301,40 @@ def test_predict_channel_takes_one_colour_of_a_picture(trained, tmp_path):
                   "--output", str(tmp_path / "out_default")])  # no --channel: the checkpoint's
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out_default" / "scan.png")),
                                   np.array(Image.open(tmp_path / "out_g" / "scan.png")))
+    with pytest.raises(DataError, match=r"grey/scan.png: has one channel \(grey\); --channel 1 does not exist; that "
+                                        r"channel is the checkpoint's, not a flag you gave \(its training data was "
+                                        r"prepared with --channel 1\): give --channel 0 to read a grey picture"):
+        predict.main(["--checkpoint", str(tmp_path / "green.pth"), "--gpu", "-1", "--input", str(tmp_path / "grey"),
+                      "--output", str(tmp_path / "o5")])
+    predict.main(["--checkpoint", str(tmp_path / "green.pth"), "--gpu", "-1", "--input", str(tmp_path / "grey"),
+                  "--output", str(tmp_path / "o6"), "--channel", "0"])  # the advice works
+    assert not (tmp_path / "o5").exists() and (tmp_path / "o6" / "scan.png").exists()
+
+
+def test_cmyk_pictures_are_read_as_colour_and_huge_pictures_are_one_line(tmp_path, monkeypatch):
+    """A CMYK (or YCbCr, LAB, HSV) picture is converted to RGB, not read with C, M, Y as R, G, B (the inverted
+    luminance); a picture above Pillow's decompression-bomb limit is one line, not a traceback."""
+    from dataloaders.image_io import LUMA, read_image, read_mask
+
+    rng = np.random.default_rng(5)
+    rgb = np.round(rng.random((40, 48, 3)) * 255).astype(np.uint8)
+    luma = rgb.astype(np.float32) @ LUMA
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    assert Image.open(tmp_path / "cmyk.tif").mode == Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    np.testing.assert_allclose(read_image(str(tmp_path / "cmyk.tif"))[0][0], luma, atol=1e-3)
+    assert np.abs(read_image(str(tmp_path / "cmyk.jpg"))[0][0] - luma).mean() < 4  # JPEG's loss only
+    np.testing.assert_array_equal(read_image(str(tmp_path / "cmyk.tif"), channel=1)[0][0], rgb[..., 1])
+    palette = Image.fromarray(np.arange(40 * 48).reshape(40, 48).astype(np.uint8) % 4, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    palette.save(tmp_path / "mask.png")  # a palette mask still gives its indices
+    np.testing.assert_array_equal(read_mask(str(tmp_path / "mask.png"))[0][0], np.array(palette))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses pictures above twice this
+    with pytest.raises(DataError, match=r"cmyk.tif: the picture is beyond the reader's limit of 200 pixels \(.*\); "
+                                        r"downscale or tile it$"):
+        read_image(str(tmp_path / "cmyk.tif"))
+    with pytest.raises(DataError, match=r"mask.png: the picture is beyond the reader's limit"):
+        read_mask(str(tmp_path / "mask.png"))
 
 
 def test_folder_channel_picks_a_colour_or_a_channel_of_4d_images(tmp_path):

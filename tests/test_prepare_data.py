@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import check_data
 import prepare_data
 from dataloaders.dataset import DataError
+from utils.errors import UsageError
 from conftest import REAL_ACDC, TEST_GPU
 
 SPACING_XYZ = (1.25, 1.5, 8.0)  # (x, y, z) as ITK stores it; our h5 keeps (D, H, W) = (8, 1.5, 1.25)
@@ -235,6 +236,30 @@ def test_check_data_reports_each_problem(tiny_root, tmp_path, capsys):
     assert f"slice {slices[5]}: label values span [0, 7]" in out
     assert f"val volume {val[0]}: image range [0, 3] is outside [0, 1]" in out
     assert "train/eval leak" in out and "4 problem(s)" in out
+
+
+def test_check_data_reports_bad_spacing_and_empty_images_and_refuses_num_classes_below_2(tiny_root, tmp_path,
+                                                                                           capsys):
+    import shutil
+
+    root = tmp_path / "ACDC"
+    shutil.copytree(tiny_root, root)
+    slices = (root / "train_slices.list").read_text().split()
+    with h5py.File(root / "data" / "slices" / f"{slices[2]}.h5", "w") as f:  # a (0, W) slice
+        f["image"], f["label"] = np.zeros((0, 64), np.float32), np.zeros((0, 64), np.uint8)
+    val = (root / "val.list").read_text().split()
+    with h5py.File(root / "data" / f"{val[0]}.h5", "r+") as f:
+        f.attrs["spacing"] = 1.5  # a scalar, not (z, y, x)
+    capsys.readouterr()
+    assert check_data.main(["--root_path", str(root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert f"slice {slices[2]}: image (0, 64) is empty; re-prepare this case or remove it from its list" in out
+    assert (f"val volume {val[0]}: 'spacing' attribute must be 3 positive numbers (z, y, x), found 1.5; "
+            f"re-prepare this case or correct the attribute") in out
+    assert len(out) == 3 and out[-1].endswith("2 problem(s)")
+    for n in ("0", "-1", "1"):
+        with pytest.raises(UsageError, match=rf"^--num_classes {n}: must be at least 2"):
+            check_data.main(["--root_path", str(root), "--num_classes", n])
 
 
 def test_check_data_reports_a_bad_dataset_json_as_one_problem(tiny_root, tmp_path, capsys):

@@ -31,6 +31,9 @@ class DataError(ValueError):
 def read_list(root, name):
     path = os.path.join(root, name)
     ids = read_ids(path)
+    if ids is None and name == "test.list" and os.path.isfile(os.path.join(root, "train_slices.list")):
+        # a prepared folder that holds back no test split (own data with --test_fraction 0, MS-CMR, Prostate)
+        raise DataError(f"{path}: {root} has no test split (no test.list); use --split val")
     if ids is None:
         raise DataError(f"{path}: list file not found; is --root_path the prepared dataset folder "
                         f"(it needs train_slices.list, val.list, data/)?")
@@ -63,6 +66,8 @@ def read_case(path, num_classes, ndim, need_label=True):
     if not np.issubdtype(image.dtype, np.number) or (label is not None and not np.issubdtype(label.dtype, np.integer)):
         raise DataError(f"{path}: image must be numeric and label integer, got {image.dtype} and "
                         f"{None if label is None else label.dtype}")
+    if image.size == 0:
+        raise DataError(f"{path}: image {image.shape} is empty; re-prepare this case or remove it from its list")
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise DataError(f"{path}: image has NaN or infinite values; re-prepare this case")
@@ -73,8 +78,21 @@ def read_case(path, num_classes, ndim, need_label=True):
     if label is not None and label.size and (label.min() < 0 or label.max() >= num_classes):
         raise DataError(f"{path}: label values span [{label.min()}, {label.max()}] but --num_classes is "
                         f"{num_classes}; remap the labels or set --num_classes")
-    return image, (None if label is None else label.astype(np.uint8)), \
-        (None if spacing is None else tuple(float(s) for s in spacing))
+    return image, (None if label is None else label.astype(np.uint8)), _spacing(path, spacing, ndim)
+
+
+def _spacing(path, spacing, ndim):
+    """The 'spacing' attribute as floats per array axis ((z, y, x) of a volume, (y, x) of a slice), or None;
+    DataError for anything else (a scalar, a string)."""
+    if spacing is None:
+        return None
+    values = np.ravel(spacing).tolist()  # plain Python values; a scalar or a string gives one
+    if len(values) != ndim or not all(type(v) in (int, float) and np.isfinite(v) and v > 0 for v in values):
+        found = spacing.tolist() if hasattr(spacing, "tolist") else spacing
+        raise DataError(f"{path}: 'spacing' attribute must be {ndim} positive numbers "
+                        f"({'z, y, x' if ndim == 3 else 'y, x'}), found {found!r}; "
+                        f"re-prepare this case or correct the attribute")
+    return tuple(float(v) for v in values)
 
 
 def read_geometry(path):
@@ -151,14 +169,17 @@ class VolumeDataset:
     """Evaluation volumes of `<split>.list` (val, test, or valtest = both): (name, image, label, spacing)."""
 
     def __init__(self, root, split, num_classes):
-        names = []
+        names, lists = [], []
         for s in (["val", "test"] if split == "valtest" else [split]):
-            names += read_list(root, f"{s}.list")
+            ids = read_list(root, f"{s}.list")
+            names += ids
+            lists += [f"{s}.list"] * len(ids)
         self.root, self.num_classes, self.names = root, num_classes, names
         self.paths = [os.path.join(root, "data", f"{n}.h5") for n in names]
-        absent = [p for p in self.paths if not os.path.isfile(p)]
+        absent = [k for k, p in enumerate(self.paths) if not os.path.isfile(p)]
         if absent:
-            raise DataError(f"{absent[0]}: listed in {split}.list but missing; fix the list or the data folder")
+            raise DataError(f"{self.paths[absent[0]]}: listed in {lists[absent[0]]} but missing; fix the list or the "
+                            f"data folder")
         self._cache = {}
 
     def __len__(self):

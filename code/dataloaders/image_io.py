@@ -158,9 +158,13 @@ def _read_picture(path, as_mask, rgb_mask=False, channel=None):
             im.load()
             im = ImageOps.exif_transpose(im)
             palette_colours = im.mode == "P" and (rgb_mask or not as_mask)
-            array = np.array(im.convert("RGBA") if palette_colours else im)
+            other_colours = not as_mask and im.mode in ("CMYK", "YCbCr", "LAB", "HSV")  # whose channels are not RGB
+            array = np.array(im.convert("RGBA") if palette_colours else im.convert("RGB") if other_colours else im)
     except DataError:
         raise
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow refuses pictures above 2 x MAX_IMAGE_PIXELS
+        raise DataError(f"{path}: the picture is beyond the reader's limit of {2 * Image.MAX_IMAGE_PIXELS} pixels "
+                        f"({one_line(e)}); downscale or tile it")
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"{path}: cannot read it as an image ({one_line(e)})")
     grey = array.ndim == 2 or array.shape[-1] <= 2  # L, I, F; LA
