@@ -108,14 +108,52 @@ def _read_run_json(path):
                          f"or delete the run folder to train it again") from None
 
 
-def _evals(folder):
-    """{(checkpoint, split): per-case scores} of the per-case CSVs in an attempt's folder."""
-    out = {}
+def _check_voxels(path, folder, kind, split, run_json):
+    """A per-case CSV counts only as the experiments runner scored it: HD95/ASD in voxels, like every other run's.
+    Its `{prefix}{split}_summary.json` (test_ACDC.py writes both) says so; none there (an old copy): accepted."""
+    summary_path = path.replace("_per_case.csv", "_summary.json")
+    if not os.path.isfile(summary_path):
+        return
+    try:
+        with open(summary_path) as f:
+            summary = json.load(f)
+        units = summary.get("units")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise UsageError(f"{summary_path}: damaged ({getattr(e, 'msg', e)}); restore it from git, or run "
+                         f"run_experiments.py on this preset again to re-evaluate") from None
+    if units != "voxels":
+        model = run_json.get("model", "unet")
+        checkpoint = summary.get("checkpoint") or os.path.join(folder, f"{model}_{kind}_model.pth")
+        root = summary.get("root_path") or run_json.get("root_path") or "<the preset's data>"
+        raise UsageError(f"{path}: scored in {units or 'unrecorded units'} (test_ACDC.py --use_spacing?), not in "
+                         f"voxels like the sweep's other runs; score it again without --use_spacing: python "
+                         f"code/test_ACDC.py --checkpoint {checkpoint} --root_path {root} --split {split}")
+
+
+def _evals(folder, archived=False):
+    """{(checkpoint, split): per-case scores} of the per-case CSVs in an attempt's folder: none (its files are gone),
+    or every checkpoint x split its run.json's "splits" name (what run_experiments.py writes), in voxels."""
+    run_json = {}
+    if os.path.isfile(os.path.join(folder, "run.json")):
+        run_json = _read_run_json(os.path.join(folder, "run.json"))
+    splits = run_json.get("splits") or ["val"]
+    paths = {(kind, split): os.path.join(folder, f"{prefix}{split}_per_case.csv")
+             for kind, prefix in CHECKPOINTS for split in ("val", "test")}
+    present = [k for k, p in paths.items() if os.path.isfile(p)]
+    if not present:
+        return {}
+    splits = list(dict.fromkeys([*splits, *(split for _, split in present)]))
     for kind, prefix in CHECKPOINTS:
-        for split in ("val", "test"):
-            path = os.path.join(folder, f"{prefix}{split}_per_case.csv")
-            if os.path.isfile(path):
-                out[(kind, split)] = read_per_case(path)
+        for split in splits:
+            if (kind, split) not in present:
+                there = os.path.basename(paths[present[0]])
+                fix = "restore it from git" if archived else \
+                    "restore it from git, or run run_experiments.py on this preset again to re-evaluate"
+                raise UsageError(f"{paths[(kind, split)]}: missing while {there} is there (a partial copy); {fix}")
+    out = {}
+    for key in present:
+        _check_voxels(paths[key], folder, key[0], key[1], run_json)
+        out[key] = read_per_case(paths[key])
     return out
 
 
@@ -136,7 +174,8 @@ def load_attempts(folder):
         if not e.get("summary_only"):
             run_json, now = current.get(e["run"], (None, None))
             where = attempt_folder(os.path.join(folder, e["run"]), e["attempt"], now)
-            a["evals"] = _evals(where) if os.path.isdir(where) else {}
+            a["evals"] = _evals(where, archived=where != os.path.join(folder, e["run"])) if os.path.isdir(where) \
+                else {}
             curve = os.path.join(where, "val_curve.csv")
             a["curve"] = read_curve(curve) if os.path.isfile(curve) else e.get("curve", [])
             if not a["evals"]:  # its files are gone: the ledger's own scores still count, like a summary-only one

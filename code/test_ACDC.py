@@ -111,7 +111,8 @@ def main(argv=None):
     atomic_write_text(os.path.join(out, f"{prefix}{args.split}_per_case.csv"), lambda f: csv.writer(f).writerows(rows))
     atomic_write_text(os.path.join(out, f"{prefix}{args.split}_summary.json"), lambda f: json.dump(
         {"checkpoint": path, "split": args.split, "iteration": ckpt["iteration"],
-         "units": "mm" if args.use_spacing else "voxels", **summary}, f, indent=2))
+         "root_path": os.path.abspath(args.root_path), "units": "mm" if args.use_spacing else "voxels", **summary},
+        f, indent=2))
     overlay_dir = os.path.join(out, f"{prefix}overlays_{args.split}")
     if args.overlays and os.path.isdir(overlay_dir):  # this run's overlays only, not a mix with an older run's
         for f in glob.glob(os.path.join(overlay_dir, "*.png")):

@@ -238,7 +238,9 @@ def test_ledger_keeps_every_attempt_with_its_provenance(sweep, tmp_path, capsys)
     assert len(first["data_fingerprint"]) == 16 and first["wall_seconds"] > 0
     assert [r["iteration"] for r in first["curve"]] == [3, 6] and first["final"]["iteration"] == 6
     with open(folder / "val_summary.json") as f:
-        assert first["best"]["dice"] == json.load(f)["mean"]["dice"]["mean"]
+        scored = json.load(f)
+    assert first["best"]["dice"] == scored["mean"]["dice"]["mean"]
+    assert scored["units"] == "voxels" and scored["root_path"] == os.path.abspath(base / "data")
     ckpt = torch.load(folder / "unet_final_model.pth", map_location="cpu", weights_only=False)
     assert ckpt["provenance"][0]["code_hash"] == first["code_hash"] and ckpt["provenance"][0]["end_iteration"] == 6
     with open(folder / "run.json") as f:
@@ -258,6 +260,35 @@ def test_ledger_keeps_every_attempt_with_its_provenance(sweep, tmp_path, capsys)
         assert json.load(f)["attempt"] == 2
     with open(folder / "attempts" / "1" / "run.json") as f:
         assert json.load(f)["attempt"] == 1
+
+
+def test_a_ledger_append_cut_short_by_a_full_disk_leaves_no_partial_line(tmp_path, monkeypatch):
+    """A short write (full disk) is cut off again, so that after freeing space the same command reads the ledger
+    and appends the entry whole."""
+    import errno
+
+    from utils import ledger
+    from utils.errors import UsageError
+
+    entry = {"run": "a_3_seed1", "attempt": 1, "scores": list(range(50))}
+    ledger.append_entry(str(tmp_path), entry)
+    before = (tmp_path / "ledger.jsonl").read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ledger.os, "write", half_then_full)
+    second = {**entry, "run": "a_3_seed2"}
+    with pytest.raises(UsageError, match=r"ledger.jsonl: the entry of a_3_seed2 attempt 1 could not be appended "
+                                         r"\(No space left on device\); free disk space and run the same "
+                                         r"command again"):
+        ledger.append_entry(str(tmp_path), second)
+    assert (tmp_path / "ledger.jsonl").read_bytes() == before
+    monkeypatch.setattr(ledger.os, "write", real_write)
+    ledger.append_entry(str(tmp_path), second)  # the same command again
+    assert [e["run"] for e in ledger.read_ledger(str(tmp_path))] == ["a_3_seed1", "a_3_seed2"]
 
 
 def test_repeated_seeds_and_methods_plan_each_run_once(capsys):

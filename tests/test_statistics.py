@@ -225,6 +225,50 @@ def test_an_attempt_whose_files_are_gone_keeps_its_ledger_scores(hand_preset):
     assert "a_3_seed2 attempt 1: best-on-val Dice 55.00, final 60.00 — its per-case files are missing" in md
 
 
+def _write_summary(folder, prefix, units, **extra):
+    with open(os.path.join(folder, f"{prefix}val_summary.json"), "w") as f:
+        json.dump({"checkpoint": os.path.join(folder, f"unet_{'final' if prefix else 'best'}_model.pth"),
+                   "split": "val", "iteration": 6, "units": units, "mean": {}, **extra}, f)
+
+
+def test_a_per_case_table_scored_in_mm_is_refused_with_the_command_that_scores_it_in_voxels(hand_preset):
+    for run in ("a_3_seed1", "a_3_seed2", "b_3_seed1"):  # as the runner writes them: in voxels, accepted
+        for prefix in ("", "final_"):
+            _write_summary(str(hand_preset / run), prefix, "voxels")
+    summarize_experiments.main([str(hand_preset), "--against", "a", "--bootstrap", "200"])
+    # re-scored with test_ACDC.py --use_spacing: the per-case CSV now holds HD95/ASD in mm
+    folder = str(hand_preset / "a_3_seed2")
+    _write_summary(folder, "final_", "mm", root_path="/data/ACDC")
+    with pytest.raises(UsageError) as e:
+        summarize_experiments.main([str(hand_preset), "--against", "a", "--bootstrap", "200"])
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(os.path.join(folder, "final_val_per_case.csv") + ": scored in mm")
+    assert message.endswith(f"score it again without --use_spacing: python code/test_ACDC.py --checkpoint "
+                            f"{os.path.join(folder, 'unet_final_model.pth')} --root_path /data/ACDC --split val")
+
+
+@pytest.mark.parametrize("where, remove, named, fix", [
+    ("a_3_seed2", "final_val_per_case.csv", "a_3_seed2/final_val_per_case.csv: missing while val_per_case.csv is there",
+     "restore it from git, or run run_experiments.py on this preset again to re-evaluate"),
+    ("a_3_seed2", "val_per_case.csv", "a_3_seed2/val_per_case.csv: missing while final_val_per_case.csv is there",
+     "restore it from git, or run run_experiments.py on this preset again to re-evaluate"),
+    ("a_3_seed1/attempts/1", "final_val_per_case.csv", "attempts/1/final_val_per_case.csv: missing",
+     "restore it from git"),
+    ("b_3_seed1", None, "b_3_seed1/test_per_case.csv: missing while val_per_case.csv is there",
+     "restore it from git, or run run_experiments.py on this preset again to re-evaluate"),
+])
+def test_a_partial_copy_of_a_runs_per_case_files_is_named_not_dropped(hand_preset, where, remove, named, fix):
+    folder = hand_preset / where
+    if remove:
+        os.remove(folder / remove)
+    else:  # its run.json says it was scored on val and test, but only val's files are there
+        job = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**job, "splits": ["val", "test"]}))
+    with pytest.raises(UsageError, match=named) as e:
+        summarize_experiments.main([str(hand_preset), "--against", "a", "--bootstrap", "200"])
+    assert str(e.value).endswith(f"(a partial copy); {fix}")
+
+
 def test_the_all_labels_upper_bound_joins_each_budgets_table_unranked(hand_preset):
     job = _write_run(str(hand_preset / "supervised-full_140_seed1"), "supervised-full_140_seed1", [0.9] * 5,
                      method="supervised-full", seed=1)

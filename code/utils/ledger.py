@@ -58,15 +58,26 @@ def append_entry(preset_folder, entry):
     except OSError as e:
         raise UsageError(f"{path}: cannot be written ({e.strerror}); free disk space or make the folder writable") \
             from None
+    start = None
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        start = os.lseek(fd, 0, os.SEEK_END)  # under the lock: where this entry begins
         if os.write(fd, line) != len(line):
             raise OSError(28, "short write")
         os.fsync(fd)
-    except OSError as e:
+    except BaseException as e:  # a part-written line would stop every later read_ledger: cut it off again
+        fix = "free disk space and run the same command again"
+        if start is not None:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                fix = (f"remove its last, incomplete line by hand (it starts at byte {start}), free disk space and "
+                       f"run the same command again")
+        if not isinstance(e, OSError):
+            raise
         raise UsageError(f"{path}: the entry of {entry['run']} attempt {entry['attempt']} could not be appended "
-                         f"({e.strerror}); free disk space and run the same command again") from None
+                         f"({e.strerror}); {fix}") from None
     finally:
         os.close(fd)
 
