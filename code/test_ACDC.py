@@ -19,7 +19,7 @@ from utils.checkpoint import atomic_write_text
 from utils.config import DEFAULT_DATA, PROJECT_ROOT, HelpFormatter, UsageError, add_channels_last_flag, \
     memory_format, run_main, select_device
 from utils.evaluation import evaluate, load_segmenter
-from utils.metrics import METRIC_KEYS, check_spacing, format_table
+from utils.metrics import METRIC_KEYS, format_table
 from utils.visualize import overlay_figure
 
 
@@ -90,15 +90,9 @@ def main(argv=None):
     volumes = VolumeDataset(args.root_path, args.split, info.num_classes)
     if args.use_spacing:
         for i in range(len(volumes)):
-            spacing = volumes[i][3]
-            if spacing is None:
+            if volumes[i][3] is None:  # (a spacing that is there is 3 positive numbers: the reader checks it)
                 raise UsageError(f"--use_spacing: {volumes.paths[i]} has no 'spacing' attribute, so distances would be "
                                  f"in voxels; drop --use_spacing or re-prepare the data with its spacing")
-            try:  # checked here, before any volume is scored, not deep in a worker thread's metrics
-                check_spacing(spacing, 3)
-            except ValueError as e:
-                raise UsageError(f"--use_spacing: {volumes.paths[i]}: its 'spacing' attribute {e} (z, y, x in mm); "
-                                 f"re-prepare the data with its spacing, or drop --use_spacing") from None
     summary, cases = evaluate(model, volumes, ckpt["patch_size"], device, info.num_classes, info.class_names,
                               args.batch_size, args.use_spacing, keep_predictions=args.save_nifti or args.overlays > 0,
                               progress_desc=f"scoring {args.split}")
