@@ -213,6 +213,9 @@ def test_missing_files_and_lists(tmp_path):
     # a prepared folder without a test split (own data with --test_fraction 0): say so, and what to use
     with pytest.raises(DataError, match=r"test.list: .*ds has no test split \(no test.list\); use --split val$"):
         VolumeDataset(str(root), "test", 4)
+    (root / "test.list").write_text("\n")  # an empty test split: the same advice
+    with pytest.raises(DataError, match=r"test.list: the list is empty; use --split val$"):
+        VolumeDataset(str(root), "test", 4)
     (root / "val.list").write_text("vol1\n")
     (root / "test.list").write_text("vol9\n")
     with pytest.raises(DataError, match=r"vol9.h5: listed in test.list but missing"):  # valtest: the real list

@@ -325,6 +325,13 @@ def test_cmyk_pictures_are_read_as_colour_and_huge_pictures_are_one_line(tmp_pat
     np.testing.assert_allclose(read_image(str(tmp_path / "cmyk.tif"))[0][0], luma, atol=1e-3)
     assert np.abs(read_image(str(tmp_path / "cmyk.jpg"))[0][0] - luma).mean() < 4  # JPEG's loss only
     np.testing.assert_array_equal(read_image(str(tmp_path / "cmyk.tif"), channel=1)[0][0], rgb[..., 1])
+    # a CMYK colour mask: its colours are the RGB ones (C, M, Y read as R, G, B matched no --classes colour)
+    classes = np.arange(40 * 48).reshape(40, 48) % 3
+    colours = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    Image.fromarray(np.asarray(colours, np.uint8)[classes]).convert("CMYK").save(tmp_path / "cmyk_mask.tif")
+    np.testing.assert_array_equal(read_mask(str(tmp_path / "cmyk_mask.tif"), colours)[0][0], classes)
+    with pytest.raises(DataError, match=r"cmyk_mask.tif: a colour mask; give the colour of each class"):
+        read_mask(str(tmp_path / "cmyk_mask.tif"))
     palette = Image.fromarray(np.arange(40 * 48).reshape(40, 48).astype(np.uint8) % 4, "P")
     palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
     palette.save(tmp_path / "mask.png")  # a palette mask still gives its indices

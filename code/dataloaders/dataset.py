@@ -38,7 +38,8 @@ def read_list(root, name):
         raise DataError(f"{path}: list file not found; is --root_path the prepared dataset folder "
                         f"(it needs train_slices.list, val.list, data/)?")
     if not ids:
-        raise DataError(f"{path}: the list is empty")
+        hint = "; use --split val" if name == "test.list" else ""  # an empty test split is no test split either
+        raise DataError(f"{path}: the list is empty{hint}")
     return ids
 
 

@@ -158,7 +158,7 @@ def _read_picture(path, as_mask, rgb_mask=False, channel=None):
             im.load()
             im = ImageOps.exif_transpose(im)
             palette_colours = im.mode == "P" and (rgb_mask or not as_mask)
-            other_colours = not as_mask and im.mode in ("CMYK", "YCbCr", "LAB", "HSV")  # whose channels are not RGB
+            other_colours = im.mode in ("CMYK", "YCbCr", "LAB", "HSV")  # channels that are not RGB, image or mask
             array = np.array(im.convert("RGBA") if palette_colours else im.convert("RGB") if other_colours else im)
     except DataError:
         raise
